@@ -1,0 +1,38 @@
+"""Agent settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    """How an agent runs; every duration is in seconds."""
+
+    hub: str
+    """Address of the hub's mutual-TLS Sync port (host:port)."""
+    cluster: str
+    """This cluster's name, as registered on the hub."""
+    state_dir: Path
+    """Where the agent keeps its key (0600), certificates and the last applied intent."""
+    inventory: Path
+    """YAML file listing this cluster's services and east-west gateway."""
+    output: Path
+    """Directory the rendered manifests are written to."""
+    token: str | None = None
+    """Join token from `meshfleet cluster add`; needed only until the agent has registered."""
+    hub_bootstrap: str | None = None
+    """Address of the hub's Register port (default: the hub port + 1)."""
+    cluster_domain: str = "cluster.local"
+    """DNS suffix of this cluster's services, for local endpoints."""
+    heartbeat_interval: float = 5.0
+    """How often the agent sends a heartbeat."""
+    stream_timeout: float = 20.0
+    """Watchdog: a stream with no message from the hub for this long is re-dialled."""
+    backoff_initial: float = 0.5
+    """First reconnect delay; doubles up to backoff_max, with full jitter."""
+    backoff_max: float = 30.0
+    """Cap of the reconnect delay."""
+    poll_interval: float = 1.0
+    """How often the inventory file is checked for changes."""

@@ -1,0 +1,305 @@
+"""The agent process: register once, then keep one Sync stream to the hub.
+
+The pure parts (inventory parsing, rendering) and the sink are called from here;
+this module owns the gRPC channel, reconnects with jittered exponential backoff,
+the watchdog, and the cache of the last applied intent (fail-static: a restart
+with the hub down re-applies nothing and deletes nothing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from agent import inventory as inventories
+from agent.identity import Identity, IdentityStore
+from agent.render import RenderContext, render
+from agent.settings import AgentSettings
+from agent.writing import ApplyResult, DirectorySink, SinkError
+from meshfleet import __version__, jointokens
+from meshfleet.files import atomic_write
+from meshfleet.intents import PROTOCOL_VERSION, IntentError, decode, version_of
+from meshfleet.v1 import hub_pb2, hub_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+GRPC_OPTIONS = [
+    ("grpc.max_receive_message_length", 64 << 20),
+    ("grpc.max_send_message_length", 64 << 20),
+    ("grpc.keepalive_time_ms", 20000),
+    ("grpc.keepalive_timeout_ms", 10000),
+]
+# gRPC codes after which retrying with the same credentials cannot help
+FATAL_CODES = frozenset({grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED,
+                         grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT})
+
+
+class AgentFatal(Exception):
+    """A condition the agent cannot recover from by retrying (bad token, revoked identity)."""
+
+
+@dataclass(frozen=True)
+class Applied:
+    version: str
+    content: bytes
+
+
+def backoff_delay(attempt: int, initial: float, maximum: float, rng: Callable[[], float]) -> float:
+    """Full-jitter exponential backoff: uniform in [0, min(max, initial * 2^attempt)]."""
+    return float(rng() * min(maximum, initial * 2.0**attempt))
+
+
+def bootstrap_address(hub: str, explicit: str | None) -> str:
+    if explicit:
+        return explicit
+    host, _, port = hub.rpartition(":")
+    return f"{host}:{int(port) + 1}"
+
+
+class AppliedCache:
+    """The last intent this agent applied, kept so a restart knows what is in place."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / "applied-intent.json"
+
+    def load(self) -> Applied | None:
+        try:
+            doc = json.loads(self.path.read_text())
+            content = base64.b64decode(doc["content"])
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError) as exc:
+            log.error("ignoring unreadable %s (%s); the hub will resend the intent", self.path, exc)
+            return None
+        if version_of(content) != doc.get("version"):
+            log.error("ignoring %s: content does not match its version", self.path)
+            return None
+        return Applied(doc["version"], content)
+
+    def save(self, applied: Applied) -> None:
+        doc = {"version": applied.version, "content": base64.b64encode(applied.content).decode()}
+        atomic_write(self.path, json.dumps(doc).encode())
+
+
+class Agent:
+    def __init__(self, settings: AgentSettings, rng: Callable[[], float] = random.random) -> None:
+        self.settings = settings
+        self.rng = rng
+        self.identities = IdentityStore(settings.state_dir)
+        self.cache = AppliedCache(settings.state_dir)
+        self.sink = DirectorySink(settings.output)
+        self.ctx = RenderContext(settings.cluster, settings.cluster_domain)
+        self.applied = self.cache.load()
+        self.connected = asyncio.Event()
+        self.last_result: ApplyResult | None = None
+        self.objects = len(self.sink.owned()) if settings.output.exists() else 0
+        self.received: list[str] = []  # versions pushed to this agent, in order (for status and tests)
+        self.last_error = ""
+        self._inventory_stamp: tuple[int, int] | None = None
+        self._report: hub_pb2.DiscoveryReport | None = None
+
+    @property
+    def applied_version(self) -> str:
+        return self.applied.version if self.applied else ""
+
+    # identity ---------------------------------------------------------------------------------
+    async def ensure_identity(self) -> Identity:
+        """Load the stored identity, or register with the join token (retrying while the hub is away)."""
+        s = self.settings
+        identity = self.identities.load(s.cluster)
+        if identity is not None:
+            return identity
+        if not s.token:
+            raise AgentFatal(f"no identity in {s.state_dir} and no --token: run `meshfleet cluster add "
+                             f"{s.cluster}` on the hub and pass the token it prints")
+        try:
+            token = jointokens.parse(s.token)
+            ca_pem = x509.load_der_x509_certificate(token.ca_der).public_bytes(Encoding.PEM)
+        except ValueError as exc:
+            raise AgentFatal(str(exc)) from exc
+        csr = self.identities.csr_pem(s.cluster)
+        target = bootstrap_address(s.hub, s.hub_bootstrap)
+        attempt = 0
+        while True:
+            try:
+                async with grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(ca_pem),
+                                                   options=GRPC_OPTIONS) as channel:
+                    resp = await hub_pb2_grpc.HubStub(channel).Register(
+                        hub_pb2.RegisterRequest(cluster=s.cluster, token=token.credential, csr_pem=csr,
+                                                agent_version=__version__), timeout=30)
+                break
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() in FATAL_CODES:
+                    raise AgentFatal(f"hub refused registration: {exc.details()}") from exc
+                delay = backoff_delay(attempt, s.backoff_initial, s.backoff_max, self.rng)
+                log.warning("cannot register at %s (%s: %s); retrying in %.1f s", target, exc.code().name,
+                            exc.details(), delay)
+                attempt += 1
+                await asyncio.sleep(delay)
+        self.identities.save(resp.certificate_pem, resp.ca_bundle_pem)
+        log.info("registered as cluster %s", s.cluster)
+        identity = self.identities.load(s.cluster)
+        assert identity is not None
+        return identity
+
+    # discovery --------------------------------------------------------------------------------
+    def _read_inventory(self) -> hub_pb2.DiscoveryReport | None:
+        """The report to send if the inventory changed and is valid, else None."""
+        path = self.settings.inventory
+        try:
+            st = path.stat()
+            stamp = (st.st_mtime_ns, st.st_size)
+            if stamp == self._inventory_stamp:
+                return None
+            text = path.read_text()
+        except OSError as exc:
+            if self._inventory_stamp != (0, 0):
+                log.error("cannot read inventory %s: %s (keeping the last report)", path, exc)
+                self._inventory_stamp = (0, 0)
+            return None
+        self._inventory_stamp = stamp
+        try:
+            inv = inventories.parse(text, str(path))
+        except inventories.InventoryError as exc:
+            log.error("inventory rejected, keeping the last report: %s", exc)
+            return None
+        report = hub_pb2.DiscoveryReport(
+            cluster=self.settings.cluster,
+            gateway=hub_pb2.Gateway(address=inv.gateway_address, port=inv.gateway_port),
+            services=[hub_pb2.Service(
+                namespace=s.namespace, name=s.name,
+                ports=[hub_pb2.ServicePort(name=p.name, number=p.number, protocol=p.protocol) for p in s.ports],
+                labels=dict(s.labels),
+                subsets=[hub_pb2.Subset(name=x.name, labels=dict(x.labels)) for x in s.subsets],
+            ) for s in inv.services])
+        if report == self._report:
+            return None
+        self._report = report
+        return report
+
+    # applying ---------------------------------------------------------------------------------
+    def apply(self, push: hub_pb2.IntentPush) -> hub_pb2.AgentMessage:
+        """Decode, render and write one pushed intent; the ACK or NACK to send back."""
+        try:
+            intent = decode(push.version, push.content, push.content_type)
+            if intent.cluster.name != self.settings.cluster:
+                raise IntentError(f"intent is for cluster {intent.cluster.name!r}, not {self.settings.cluster!r}")
+            objects = render(intent, self.ctx)
+            result = self.sink.apply(objects)
+        except (IntentError, SinkError) as exc:
+            self.last_error = str(exc)
+            log.error("rejecting intent %s: %s", push.version[:12], exc)
+            return hub_pb2.AgentMessage(nack=hub_pb2.Nack(version=push.version, error=str(exc)))
+        except Exception as exc:  # a renderer bug must NACK, not kill the stream
+            self.last_error = f"internal error rendering intent: {exc!r}"
+            log.exception("rendering intent %s failed", push.version[:12])
+            return hub_pb2.AgentMessage(nack=hub_pb2.Nack(version=push.version, error=self.last_error))
+        self.applied = Applied(push.version, push.content)
+        self.cache.save(self.applied)
+        self.last_result, self.objects, self.last_error = result, len(objects), ""
+        log.info("applied intent %s: %d objects (%d written, %d unchanged, %d pruned)", push.version[:12],
+                 len(objects), result.written, result.unchanged, result.pruned)
+        return hub_pb2.AgentMessage(ack=hub_pb2.Ack(version=push.version))
+
+    # the stream -------------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Sync until cancelled; raises AgentFatal when retrying cannot help."""
+        identity = await self.ensure_identity()
+        creds = grpc.ssl_channel_credentials(identity.ca_pem, identity.key_pem, identity.cert_pem)
+        attempt = 0
+        while True:
+            started = time.monotonic()
+            try:
+                async with grpc.aio.secure_channel(self.settings.hub, creds, options=GRPC_OPTIONS) as channel:
+                    await self._sync(hub_pb2_grpc.HubStub(channel))
+                reason = "stream ended"
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() in FATAL_CODES:
+                    raise AgentFatal(f"hub refused the stream: {exc.code().name}: {exc.details()}") from exc
+                reason = f"{exc.code().name}: {exc.details()}"
+            except TimeoutError:
+                reason = f"watchdog: no message from the hub for {self.settings.stream_timeout:.0f} s"
+            finally:
+                self.connected.clear()
+            if time.monotonic() - started > 2 * self.settings.heartbeat_interval:
+                attempt = 0  # the stream was healthy for a while: start backing off from scratch
+            delay = backoff_delay(attempt, self.settings.backoff_initial, self.settings.backoff_max, self.rng)
+            attempt += 1
+            log.warning("disconnected from hub (%s); reconnecting in %.2f s", reason, delay)
+            await asyncio.sleep(delay)
+
+    async def _sync(self, stub: hub_pb2_grpc.HubStub) -> None:
+        s = self.settings
+        call = stub.Sync()
+        outbox: asyncio.Queue[hub_pb2.AgentMessage] = asyncio.Queue()
+        await outbox.put(hub_pb2.AgentMessage(hello=hub_pb2.Hello(
+            cluster=s.cluster, agent_version=__version__, protocol_version=PROTOCOL_VERSION,
+            applied_version=self.applied_version)))
+        self._inventory_stamp = None
+        self._report = None
+        report = self._read_inventory()
+        if report is not None:
+            await outbox.put(hub_pb2.AgentMessage(discovery=report))
+
+        async def write() -> None:
+            while True:
+                await call.write(await outbox.get())
+
+        async def tick() -> None:
+            while True:
+                await asyncio.sleep(min(s.heartbeat_interval, s.poll_interval))
+                report = await asyncio.to_thread(self._read_inventory)
+                if report is not None:
+                    await outbox.put(hub_pb2.AgentMessage(discovery=report))
+                if time.monotonic() >= next_beat[0]:
+                    next_beat[0] = time.monotonic() + s.heartbeat_interval
+                    await outbox.put(hub_pb2.AgentMessage(heartbeat=hub_pb2.Heartbeat(
+                        sent_unix_ms=int(time.time() * 1000))))
+
+        next_beat = [time.monotonic() + s.heartbeat_interval]
+        tasks = [asyncio.create_task(write()), asyncio.create_task(tick())]
+        try:
+            while True:
+                reading = asyncio.ensure_future(call.read())
+                done, _ = await asyncio.wait({reading, *tasks}, timeout=s.stream_timeout,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if reading not in done:
+                    reading.cancel()
+                    for t in done:
+                        t.result()  # a writer failure surfaces here
+                    raise TimeoutError
+                msg = reading.result()
+                if msg is grpc.aio.EOF:  # type: ignore[attr-defined]
+                    return
+                self.connected.set()
+                if msg.WhichOneof("kind") == "intent":
+                    self.received.append(msg.intent.version)
+                    answer = await asyncio.to_thread(self.apply, msg.intent)
+                    await outbox.put(answer)
+        finally:
+            for t in tasks:
+                t.cancel()
+            for t in tasks:
+                with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError,
+                                         grpc.aio.UsageError, asyncio.InvalidStateError):
+                    await t
+            call.cancel()
+
+
+def describe(agent: Agent) -> dict[str, Any]:
+    """A small status document of a running agent (for the demo and logs)."""
+    return {"cluster": agent.settings.cluster, "connected": agent.connected.is_set(),
+            "applied": agent.applied_version, "objects": agent.objects, "error": agent.last_error}

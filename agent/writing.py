@@ -1,0 +1,104 @@
+"""The directory sink: one YAML file per object under DIR/<namespace>/<kind>-<name>.yaml.
+
+It owns exactly the files listed in DIR/.meshfleet-inventory.json: it writes
+those atomically, prunes those it no longer renders, and refuses to overwrite a
+file it did not write. The inventory is widened before any write, so a crash
+mid-apply never leaves a written file unowned.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from meshfleet.files import atomic_write
+
+INVENTORY = ".meshfleet-inventory.json"
+
+
+class SinkError(Exception):
+    """Applying failed; the message is what the agent NACKs with."""
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    written: int
+    unchanged: int
+    pruned: int
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.written or self.pruned)
+
+
+def relative_path(obj: Mapping[str, Any]) -> str:
+    meta = obj["metadata"]
+    return f"{meta['namespace']}/{obj['kind'].lower()}-{meta['name']}.yaml"
+
+
+def to_yaml(obj: Mapping[str, Any]) -> bytes:
+    return yaml.safe_dump(dict(obj), sort_keys=False, default_flow_style=False).encode()
+
+
+class DirectorySink:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def owned(self) -> set[str]:
+        path = self.root / INVENTORY
+        try:
+            data = json.loads(path.read_text())
+            return set(data["files"])
+        except FileNotFoundError:
+            return set()
+        except (ValueError, KeyError, TypeError) as exc:
+            raise SinkError(f"{path} is corrupt ({exc}); refusing to write or prune until it is fixed "
+                            "or removed") from exc
+
+    def _save(self, files: Iterable[str]) -> None:
+        atomic_write(self.root / INVENTORY, json.dumps({"files": sorted(files)}, indent=1).encode())
+
+    def apply(self, objects: Iterable[Mapping[str, Any]]) -> ApplyResult:
+        rendered: dict[str, bytes] = {}
+        for obj in objects:
+            rel = relative_path(obj)
+            if rel in rendered:
+                raise SinkError(f"two rendered objects map to the same file {rel}")
+            rendered[rel] = to_yaml(obj)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            owned = self.owned()
+            foreign = sorted(rel for rel in rendered if rel not in owned and (self.root / rel).exists())
+            if foreign:
+                raise SinkError(f"refusing to overwrite {self.root / foreign[0]}: the file exists and was not "
+                                f"written by meshfleet ({len(foreign)} such file(s))")
+            if set(rendered) - owned:
+                self._save(owned | set(rendered))
+            written = unchanged = pruned = 0
+            for rel, data in rendered.items():
+                path = self.root / rel
+                try:
+                    if path.read_bytes() == data:
+                        unchanged += 1
+                        continue
+                except FileNotFoundError:
+                    pass
+                atomic_write(path, data)
+                written += 1
+            for rel in sorted(owned - set(rendered)):
+                try:
+                    os.unlink(self.root / rel)
+                    pruned += 1
+                except FileNotFoundError:
+                    pass
+            if owned != set(rendered):
+                self._save(rendered)
+        except OSError as exc:
+            raise SinkError(f"writing manifests under {self.root} failed: {exc}") from exc
+        return ApplyResult(written, unchanged, pruned)

@@ -1,0 +1,33 @@
+"""The `meshfleet` command: one entry point for the hub, the agent and the demo."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from agent import cli as agent_cli
+from meshfleet import __version__, demo
+from mgmt import cli as mgmt_cli
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="meshfleet", description="Manage the Istio meshes of many clusters as one.")
+    parser.add_argument("--version", action="version", version=f"meshfleet {__version__}")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = parser.add_subparsers(dest="command", required=True)
+    mgmt_cli.add_parsers(sub)
+    agent_cli.add_parsers(sub)
+    demo.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

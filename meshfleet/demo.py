@@ -1,0 +1,211 @@
+"""`meshfleet demo`: a hub and N agents on 127.0.0.1, in one process, no cluster needed.
+
+Runs the same code paths as a real deployment (Register with join tokens, mutual
+TLS Sync, translation, rendering, the directory sink); only the outer adapters
+are the embedded ones: policies from a directory, services from inventory files,
+manifests to DIR/clusters/<cluster>/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from agent.settings import AgentSettings
+from agent.syncing import Agent
+from mgmt.enrollment import add_cluster
+from mgmt.serving import Hub
+from mgmt.settings import HubSettings
+from mgmt.status import table
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXTRA_REGIONS = ("us-west", "eu-central", "ap-northeast", "sa-east", "ca-central")
+
+log = logging.getLogger("meshfleet.demo")
+
+
+@dataclass(frozen=True)
+class DemoCluster:
+    name: str
+    region: str
+    zone: str
+    network: str
+    inventory: Path
+
+
+def demo_clusters(count: int, workdir: Path, examples: Path = EXAMPLES) -> list[DemoCluster]:
+    """The first `count` example clusters; beyond those, new ones with copies of their inventories."""
+    base = yaml.safe_load((examples / "clusters.yaml").read_text())
+    out = []
+    for i in range(count):
+        b = base[i % len(base)]
+        if i < len(base):
+            out.append(DemoCluster(b["name"], b["region"], b["zone"], b["network"],
+                                   examples / "inventories" / f"{b['name']}.yaml"))
+            continue
+        region = EXTRA_REGIONS[(i - len(base)) % len(EXTRA_REGIONS)]
+        name = f"{region}-{i + 1}"
+        inv = yaml.safe_load((examples / "inventories" / f"{b['name']}.yaml").read_text())
+        inv["gateway"]["address"] = f"eastwest.{name}.meshfleet.example"
+        path = workdir / "inventories" / f"{name}.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(inv))
+        out.append(DemoCluster(name, region, f"{region}-a", f"net-{region}", path))
+    return out
+
+
+class Fleet:
+    """A hub and its agents in this event loop; used by the demo, tests and benchmarks."""
+
+    def __init__(self, workdir: Path, clusters: list[DemoCluster], policies: Path,
+                 heartbeat: float = 1.0, grace: float = 5.0) -> None:
+        self.workdir = workdir
+        self.clusters = clusters
+        self.hub = Hub(HubSettings(state_dir=workdir / "hub", listen="127.0.0.1:0",
+                                   bootstrap_listen="127.0.0.1:0", policies_dir=policies,
+                                   heartbeat_interval=heartbeat, liveness_grace=grace,
+                                   stream_timeout=4 * heartbeat, poll_interval=0.2))
+        self.heartbeat = heartbeat
+        self.agents: dict[str, Agent] = {}
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.tokens: dict[str, str] = {}
+
+    def output(self, cluster: str) -> Path:
+        return self.workdir / "clusters" / cluster
+
+    async def start(self) -> None:
+        await self.hub.start()
+        for c in self.clusters:
+            if self.hub.registry.cluster(c.name) is None:
+                issued = add_cluster(self.hub.registry, self.hub.settings.state_dir, c.name, c.region, c.zone,
+                                     c.network)
+                self.tokens[c.name] = str(issued.token)
+        self.hub.mark_dirty()
+        for c in self.clusters:
+            self.start_agent(c.name)
+
+    def agent_settings(self, cluster: str) -> AgentSettings:
+        c = next(x for x in self.clusters if x.name == cluster)
+        return AgentSettings(hub=f"127.0.0.1:{self.hub.port}", hub_bootstrap=f"127.0.0.1:{self.hub.bootstrap_port}",
+                             cluster=c.name, token=self.tokens.get(c.name), state_dir=self.workdir / "agents" / c.name,
+                             inventory=c.inventory, output=self.output(c.name), heartbeat_interval=self.heartbeat,
+                             stream_timeout=4 * self.heartbeat, backoff_initial=0.1, backoff_max=2.0,
+                             poll_interval=0.2)
+
+    def start_agent(self, cluster: str) -> Agent:
+        agent = Agent(self.agent_settings(cluster))
+        self.agents[cluster] = agent
+        self.tasks[cluster] = asyncio.create_task(agent.run(), name=f"agent-{cluster}")
+        return agent
+
+    async def stop_agent(self, cluster: str) -> None:
+        task = self.tasks.pop(cluster)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    async def stop(self) -> None:
+        for name in list(self.tasks):
+            await self.stop_agent(name)
+        await self.hub.stop(grace=0)
+
+    def converged(self) -> bool:
+        """Every agent has ACKed the hub's current intent for its cluster, after its discovery arrived."""
+        hub = self.hub
+        if hub._recompute_handle is not None:
+            return False
+        for c in self.clusters:
+            intent, st = hub.intents.get(c.name), hub.statuses.get(c.name)
+            if intent is None or st is None or c.name not in hub.discovery or c.name not in hub.sessions:
+                return False
+            if st.acked_version != intent.version:
+                return False
+        return True
+
+    async def wait_converged(self, within: float) -> bool:
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            for name, task in self.tasks.items():
+                if task.done() and not task.cancelled() and task.exception():
+                    raise RuntimeError(f"agent {name} stopped: {task.exception()}")
+            if self.converged():
+                return True
+            await asyncio.sleep(0.05)
+        return False
+
+    def rows(self) -> list[list[str]]:
+        rows = []
+        for c in self.clusters:
+            st = self.hub.statuses.get(c.name)
+            agent = self.agents.get(c.name)
+            rows.append([c.name, c.region, st.connection if st else "-",
+                         (st.acked_version[:12] if st and st.acked_version else "-"),
+                         str(agent.objects if agent else 0),
+                         (st.nack_error if st and st.nack_error else "")])
+        return rows
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("demo", help="run a hub and several agents on 127.0.0.1 until they converge")
+    p.add_argument("--clusters", type=int, default=3, help="number of clusters (default %(default)s)")
+    p.add_argument("--workdir", type=Path, help="where state and manifests go (default: a temporary directory)")
+    p.add_argument("--keep", action="store_true", help="keep the work directory of a temporary run")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for convergence")
+    p.set_defaults(func=run_demo)
+
+
+async def _demo(args: argparse.Namespace, workdir: Path) -> int:
+    if args.clusters < 1:
+        print("error: --clusters must be at least 1", file=sys.stderr)
+        return 2
+    if not (EXAMPLES / "clusters.yaml").exists():
+        print(f"error: example data not found at {EXAMPLES}; run the demo from a source checkout "
+              "installed with `pip install -e .`", file=sys.stderr)
+        return 1
+    policies = workdir / "policies"
+    if not policies.exists():
+        shutil.copytree(EXAMPLES / "policies", policies)
+    fleet = Fleet(workdir, demo_clusters(args.clusters, workdir), policies)
+    started = time.monotonic()
+    await fleet.start()
+    try:
+        ok = await fleet.wait_converged(args.timeout)
+        elapsed = time.monotonic() - started
+        print(table(["CLUSTER", "REGION", "CONNECTED", "VERSION ACKED", "OBJECTS WRITTEN", "LAST NACK"],
+                    fleet.rows()))
+        if not ok:
+            print(f"\nerror: the fleet did not converge within {args.timeout:.0f} s (see the table and the log)",
+                  file=sys.stderr)
+            return 1
+        print(f"\nconverged: {len(fleet.clusters)} clusters ACKed their current intent in {elapsed:.2f} s")
+        print(f"manifests: {workdir / 'clusters'}/<cluster>/  (policies: {policies})")
+        for p in fleet.hub.problems:
+            print(f"policy {p.policy}: {p.message}")
+        return 0
+    finally:
+        await fleet.stop()
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    temporary = args.workdir is None
+    workdir = Path(tempfile.mkdtemp(prefix="meshfleet-demo-")) if temporary else args.workdir
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        return asyncio.run(_demo(args, workdir))
+    except RuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if temporary and not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+            print(f"(temporary work directory {workdir} removed; pass --keep or --workdir to keep it)")

@@ -1,0 +1,144 @@
+"""Hub-side commands: `hub`, `cluster add|token|remove`, `status`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+
+from meshfleet.names import parse_duration
+from mgmt import status as status_view
+from mgmt.enrollment import IssuedToken, add_cluster, issue_token
+from mgmt.registry import Registry, RegistryError
+from mgmt.serving import Hub
+from mgmt.settings import HubSettings
+
+log = logging.getLogger("meshfleet.hub")
+
+
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    hub = sub.add_parser("hub", help="run the hub (management server)")
+    hub.add_argument("--state-dir", type=Path, required=True, help="hub state: registry, CA, keys")
+    hub.add_argument("--listen", default="127.0.0.1:7443", help="mutual-TLS Sync address (default %(default)s)")
+    hub.add_argument("--bootstrap-listen", help="Register address (default: the listen port + 1)")
+    hub.add_argument("--policies", type=Path, help="directory of policy YAML files")
+    hub.add_argument("--advertise-host", action="append", default=[],
+                     help="extra DNS name or IP agents use to reach the hub (repeatable)")
+    hub.add_argument("--heartbeat-interval", type=float, default=5.0, help="seconds (default %(default)s)")
+    hub.add_argument("--liveness-grace", type=float, default=15.0,
+                     help="seconds without a message before a cluster is Unreachable (default %(default)s)")
+    hub.set_defaults(func=run_hub)
+
+    cluster = sub.add_parser("cluster", help="manage member clusters")
+    csub = cluster.add_subparsers(dest="cluster_cmd", required=True)
+    add = csub.add_parser("add", help="register a cluster and print its one-time join token")
+    add.add_argument("name")
+    add.add_argument("--region", required=True)
+    add.add_argument("--zone", required=True)
+    add.add_argument("--network", required=True)
+    add.add_argument("--state-dir", type=Path, required=True)
+    add.add_argument("--ttl", default="1h", help="token lifetime (default %(default)s)")
+    add.set_defaults(func=cluster_add)
+    tok = csub.add_parser("token", help="issue a new join token for an existing cluster")
+    tok.add_argument("name")
+    tok.add_argument("--state-dir", type=Path, required=True)
+    tok.add_argument("--ttl", default="1h", help="token lifetime (default %(default)s)")
+    tok.set_defaults(func=cluster_token)
+    rm = csub.add_parser("remove", help="remove a cluster; its agent certificate stops being accepted")
+    rm.add_argument("name")
+    rm.add_argument("--state-dir", type=Path, required=True)
+    rm.set_defaults(func=cluster_remove)
+
+    st = sub.add_parser("status", help="clusters, connection, versions, last NACK")
+    st.add_argument("--state-dir", type=Path, required=True)
+    st.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    st.set_defaults(func=show_status)
+
+
+def _print_token(issued: IssuedToken, name: str) -> None:
+    expires = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(issued.expires_at))
+    print(f"# join token for cluster {name}, valid until {expires}; it is shown only once", file=sys.stderr)
+    print(issued.token)
+
+
+def cluster_add(args: argparse.Namespace) -> int:
+    registry = Registry(args.state_dir)
+    try:
+        _print_token(add_cluster(registry, args.state_dir, args.name, args.region, args.zone, args.network,
+                                 parse_duration(args.ttl)), args.name)
+    except (RegistryError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        registry.close()
+    return 0
+
+
+def cluster_token(args: argparse.Namespace) -> int:
+    registry = Registry(args.state_dir)
+    try:
+        _print_token(issue_token(registry, args.state_dir, args.name, parse_duration(args.ttl)), args.name)
+    except (RegistryError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        registry.close()
+    return 0
+
+
+def cluster_remove(args: argparse.Namespace) -> int:
+    registry = Registry(args.state_dir)
+    try:
+        registry.remove_cluster(args.name)
+    except RegistryError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        registry.close()
+    print(f"cluster {args.name} removed")
+    return 0
+
+
+def show_status(args: argparse.Namespace) -> int:
+    if not (args.state_dir / "hub.db").exists():
+        print(f"error: no hub state in {args.state_dir} (expected hub.db)", file=sys.stderr)
+        return 1
+    registry = Registry(args.state_dir)
+    try:
+        doc = status_view.collect(registry)
+    finally:
+        registry.close()
+    print(json.dumps(doc, indent=2) if args.output == "json" else status_view.render_text(doc))
+    return 0
+
+
+def run_hub(args: argparse.Namespace) -> int:
+    settings = HubSettings(state_dir=args.state_dir, listen=args.listen, bootstrap_listen=args.bootstrap_listen,
+                           policies_dir=args.policies, advertise_hosts=tuple(args.advertise_host),
+                           heartbeat_interval=args.heartbeat_interval, liveness_grace=args.liveness_grace,
+                           stream_timeout=max(args.liveness_grace, 4 * args.heartbeat_interval))
+
+    async def main() -> None:
+        hub = Hub(settings)
+        await hub.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await stop.wait()
+        finally:
+            log.info("hub stopping")
+            await hub.stop()
+
+    try:
+        asyncio.run(main())
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0

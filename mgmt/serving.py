@@ -1,0 +1,493 @@
+"""The hub process: gRPC ports, sessions, liveness, and the translate loop around the pure core.
+
+One asyncio loop owns all mutable state (no locks): the registry mirror, the
+per-cluster intents, the sessions and their timers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from meshfleet.intents import MEDIA_TYPE, PROTOCOL_VERSION, ClusterRef, encode
+from meshfleet.names import dns1123_label_error
+from meshfleet.v1 import hub_pb2, hub_pb2_grpc
+from mgmt.identities import (
+    CSRRejected,
+    cluster_of,
+    ensure_server_certificate,
+    fingerprint,
+    load_or_create_ca,
+    sign_cluster_csr,
+)
+from mgmt.model import Discovery, DiscoveryError, Snapshot, discovery_from_json
+from mgmt.registry import ClusterStatus, Registry
+from mgmt.settings import HubSettings, bootstrap_address
+from mgmt.tokens import TokenRejected
+from mgmt.translate import Problem, translate
+from mgmt.watching import DirectoryPolicySource
+
+log = logging.getLogger(__name__)
+
+GRPC_OPTIONS = [
+    ("grpc.max_receive_message_length", 64 << 20),
+    ("grpc.max_send_message_length", 64 << 20),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+]
+
+
+class StreamRefused(Exception):
+    """End a stream with this gRPC status; the message reaches the agent."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class Intent:
+    version: str
+    content: bytes
+
+
+@dataclass
+class Session:
+    """One open Sync stream of one cluster."""
+
+    cluster: str
+    applied: str  # what the agent says it has applied (hello, then ACKs)
+    in_flight: str = ""  # pushed on this stream, not yet ACKed/NACKed
+    nacks: int = 0
+    retry_at: float = 0.0
+    last_received: float = field(default_factory=time.monotonic)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    refused: StreamRefused | None = None
+    ended: bool = False
+    pushes: int = 0
+
+
+def _now() -> float:
+    return time.time()
+
+
+class Hub(hub_pb2_grpc.HubServicer):
+    def __init__(self, settings: HubSettings) -> None:
+        self.settings = settings
+        self.registry = Registry(settings.state_dir)
+        self.ca = load_or_create_ca(settings.state_dir, dt.datetime.now(dt.UTC))
+        self.source = DirectoryPolicySource(settings.policies_dir) if settings.policies_dir else None
+        self.clusters: dict[str, ClusterRef] = {}
+        self.discovery: dict[str, Discovery] = {}
+        self.intents: dict[str, Intent] = {}
+        self.statuses: dict[str, ClusterStatus] = {}
+        self.problems: tuple[Problem, ...] = ()
+        self.sessions: dict[str, Session] = {}
+        self._deadlines: dict[str, asyncio.TimerHandle] = {}
+        self._dirty_status = False
+        self._recompute_handle: asyncio.TimerHandle | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._server: grpc.aio.Server | None = None
+        self.port = 0
+        self.bootstrap_port = 0
+        self.translations = 0
+
+    # lifecycle --------------------------------------------------------------------------------
+    async def start(self) -> None:
+        s = self.settings
+        key_pem, cert_pem = ensure_server_certificate(s.state_dir, self.ca, s.advertise_hosts,
+                                                      dt.datetime.now(dt.UTC))
+        self._load_state()
+        self._server = grpc.aio.server(options=GRPC_OPTIONS)
+        hub_pb2_grpc.add_HubServicer_to_server(self, self._server)
+        mtls = grpc.ssl_server_credentials([(key_pem, cert_pem)], root_certificates=self.ca.cert_pem,
+                                           require_client_auth=True)
+        tls = grpc.ssl_server_credentials([(key_pem, cert_pem)])
+        self.port = self._server.add_secure_port(s.listen, mtls)
+        self.bootstrap_port = self._server.add_secure_port(bootstrap_address(s.listen, s.bootstrap_listen), tls)
+        if not self.port or not self.bootstrap_port:
+            raise OSError(f"cannot listen on {s.listen} / {bootstrap_address(s.listen, s.bootstrap_listen)}")
+        await self._server.start()
+        self._recompute()
+        self._tasks = [asyncio.create_task(self._poll_loop()), asyncio.create_task(self._flush_loop())]
+        log.info("hub listening: sync (mTLS) on port %d, register (TLS) on port %d", self.port,
+                 self.bootstrap_port)
+
+    async def stop(self, grace: float | None = 1.0) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for handle in self._deadlines.values():
+            handle.cancel()
+        if self._recompute_handle:
+            self._recompute_handle.cancel()
+        if self._server is not None:
+            await self._server.stop(grace)
+        self._flush_status()
+        self.registry.close()
+
+    def _load_state(self) -> None:
+        self.statuses = self.registry.statuses()
+        self._refresh_clusters()
+        for name, doc in self.registry.discovery().items():
+            with contextlib.suppress(DiscoveryError):
+                self.discovery[name] = discovery_from_json(doc)
+        if self.source:
+            self.source.scan()
+        # agents connected before a restart get a full grace period to come back
+        for st in self.statuses.values():
+            if st.connection == "Connected":
+                st.connection = "Disconnected"
+                self._arm_deadline(st.cluster, _now())
+        self._dirty_status = True
+
+    def _refresh_clusters(self) -> bool:
+        records = self.registry.clusters()
+        clusters = {n: ClusterRef(r.name, r.region, r.zone, r.network) for n, r in records.items()}
+        if clusters == self.clusters:
+            return False
+        for gone in set(self.clusters) - set(clusters):
+            self.intents.pop(gone, None)
+            self.discovery.pop(gone, None)
+            self.statuses.pop(gone, None)
+            if gone in self.sessions:
+                self._refuse(self.sessions[gone], grpc.StatusCode.PERMISSION_DENIED,
+                             f"cluster {gone} was removed from the hub")
+        for name in clusters:
+            self.statuses.setdefault(name, ClusterStatus(name))
+        self.clusters = clusters
+        return True
+
+    # translation ------------------------------------------------------------------------------
+    def mark_dirty(self) -> None:
+        """Ask for a translation; a burst of calls within `debounce` costs one."""
+        if self._recompute_handle is None:
+            loop = asyncio.get_running_loop()
+            self._recompute_handle = loop.call_later(self.settings.debounce, self._recompute)
+
+    def snapshot(self) -> Snapshot:
+        return Snapshot(clusters=dict(self.clusters), discovery=dict(self.discovery),
+                        policies=self.source.policies if self.source else ())
+
+    def _recompute(self) -> None:
+        self._recompute_handle = None
+        snapshot = self.snapshot()
+        problems: set[Problem] = set()
+        for name in sorted(snapshot.clusters):
+            result = translate(snapshot, name)
+            problems.update(result.problems)
+            version, content = encode(result.intent)
+            current = self.intents.get(name)
+            if current is None or current.version != version:
+                self.intents[name] = Intent(version, content)
+                self.statuses[name].desired_version = version
+                self._dirty_status = True
+                if name in self.sessions:
+                    self.sessions[name].wake.set()
+        self.translations += 1
+        new = tuple(sorted(problems))
+        if new != self.problems:
+            for p in sorted(set(new) - set(self.problems)):
+                log.warning("policy %s: %s", p.policy, p.message)
+            self.problems = new
+            self._save_problems()
+
+    def _save_problems(self) -> None:
+        source_errors = [str(e) for e in self.source.errors] if self.source else []
+        self.registry.set_meta("policy_problems", {
+            "source_errors": source_errors,
+            "problems": [dataclasses.asdict(p) for p in self.problems],
+        })
+
+    # background loops -------------------------------------------------------------------------
+    async def _poll_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.poll_interval)
+            try:
+                changed = self._refresh_clusters()
+                source = self.source
+                if source is not None and await asyncio.to_thread(source.scan):
+                    self._save_problems()
+                    changed = True
+                if changed:
+                    self.mark_dirty()
+            except Exception:  # a bad poll must not stop the next one
+                log.exception("polling policies/registry failed")
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.status_flush_interval)
+            try:
+                self._flush_status()
+            except Exception:
+                log.exception("writing status to %s failed", self.registry.path)
+
+    def _flush_status(self) -> None:
+        if self._dirty_status:
+            self._dirty_status = False
+            self.registry.save_statuses(list(self.statuses.values()))
+
+    # liveness ---------------------------------------------------------------------------------
+    def _seen(self, cluster: str) -> None:
+        now = _now()
+        st = self.statuses[cluster]
+        st.last_heartbeat = now
+        if st.connection != "Connected" and cluster in self.sessions:
+            log.info("cluster %s is Connected", cluster)
+            st.connection = "Connected"
+        self._dirty_status = True
+        self._arm_deadline(cluster, now)
+
+    def _arm_deadline(self, cluster: str, last_seen: float) -> None:
+        old = self._deadlines.pop(cluster, None)
+        if old:
+            old.cancel()
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, last_seen + self.settings.liveness_grace - _now())
+        self._deadlines[cluster] = loop.call_later(delay, self._deadline_passed, cluster)
+
+    def _deadline_passed(self, cluster: str) -> None:
+        self._deadlines.pop(cluster, None)
+        st = self.statuses.get(cluster)
+        if st is None or st.connection == "Unreachable":
+            return
+        log.warning("cluster %s is Unreachable: no message for %.1f s", cluster, self.settings.liveness_grace)
+        st.connection = "Unreachable"
+        self._dirty_status = True
+
+    # Register ---------------------------------------------------------------------------------
+    async def Register(self, request: hub_pb2.RegisterRequest,
+                       context: grpc.aio.ServicerContext[Any, Any]) -> hub_pb2.RegisterResponse:
+        cluster = request.cluster
+        if err := dns1123_label_error(cluster):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"cluster name {err}")
+        now = dt.datetime.now(dt.UTC)
+        try:
+            self.registry.peek_token(request.token, cluster, now.timestamp())
+            cert = sign_cluster_csr(self.ca, request.csr_pem, cluster, now,
+                                    dt.timedelta(days=self.settings.client_cert_days))
+            self.registry.redeem_token(request.token, cluster, now.timestamp(), fingerprint(cert),
+                                       cert.not_valid_after_utc.timestamp())
+        except TokenRejected as exc:
+            log.warning("Register for %s refused: %s", cluster, exc)
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+        except CSRRejected as exc:
+            log.warning("Register for %s refused: %s", cluster, exc)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        log.info("cluster %s registered (agent %s)", cluster, request.agent_version or "?")
+        # the old certificate of a re-registered cluster no longer matches: end its stream
+        if cluster in self.sessions:
+            self._refuse(self.sessions[cluster], grpc.StatusCode.UNAUTHENTICATED,
+                         "cluster re-registered; this certificate is no longer valid")
+        return hub_pb2.RegisterResponse(certificate_pem=cert.public_bytes(Encoding.PEM),
+                                        ca_bundle_pem=self.ca.cert_pem)
+
+    # Sync -------------------------------------------------------------------------------------
+    def _identity(self, context: grpc.aio.ServicerContext[Any, Any]) -> str:
+        pem = next(iter(context.auth_context().get("x509_pem_cert", ())), None)
+        if pem is None:
+            raise StreamRefused(grpc.StatusCode.UNAUTHENTICATED,
+                                "Sync needs the client certificate from Register (mutual TLS port)")
+        cert = x509.load_pem_x509_certificate(pem)
+        cluster = cluster_of(cert)
+        if cluster is None:
+            raise StreamRefused(grpc.StatusCode.PERMISSION_DENIED, "client certificate names no meshfleet cluster")
+        record = self.registry.cluster(cluster)
+        if record is None:
+            raise StreamRefused(grpc.StatusCode.PERMISSION_DENIED, f"cluster {cluster} is not registered")
+        if cluster not in self.clusters and self._refresh_clusters():
+            self.mark_dirty()  # added by `cluster add` since the last poll
+        if record.cert_fingerprint != fingerprint(cert):
+            raise StreamRefused(grpc.StatusCode.PERMISSION_DENIED,
+                                f"this certificate is no longer the identity of cluster {cluster} "
+                                "(it registered again)")
+        return cluster
+
+    async def Sync(self, request_iterator: AsyncIterator[hub_pb2.AgentMessage],
+                   context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        session: Session | None = None
+        reader: asyncio.Task[None] | None = None
+        try:
+            cluster = self._identity(context)
+            incoming = request_iterator.__aiter__()
+            try:
+                first = await asyncio.wait_for(incoming.__anext__(), self.settings.stream_timeout)
+            except (StopAsyncIteration, TimeoutError):
+                return
+            session = self._open(cluster, first)
+            reader = asyncio.create_task(self._read(session, incoming))
+            await self._serve(session, context)
+        except StreamRefused as exc:
+            await context.abort(exc.code, exc.message)
+        finally:
+            if reader is not None:
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reader
+            if session is not None:
+                self._close(session)
+
+    def _open(self, cluster: str, first: hub_pb2.AgentMessage) -> Session:
+        if first.WhichOneof("kind") != "hello":
+            raise StreamRefused(grpc.StatusCode.INVALID_ARGUMENT, "the first message on Sync must be hello")
+        hello = first.hello
+        if hello.cluster != cluster:
+            raise StreamRefused(grpc.StatusCode.PERMISSION_DENIED,
+                                f"certificate identifies cluster {cluster}; it cannot sync as {hello.cluster!r}")
+        major = hello.protocol_version.split(".")[0]
+        if major != PROTOCOL_VERSION.split(".")[0]:
+            raise StreamRefused(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"protocol version {hello.protocol_version!r} not supported; this hub speaks "
+                                f"{PROTOCOL_VERSION}")
+        old = self.sessions.get(cluster)
+        if old is not None:
+            self._refuse(old, grpc.StatusCode.ABORTED, "superseded by a newer stream of the same cluster")
+        session = Session(cluster, applied=hello.applied_version)
+        self.sessions[cluster] = session
+        st = self.statuses[cluster]
+        st.agent_version = hello.agent_version
+        if hello.applied_version:
+            st.acked_version = hello.applied_version
+        log.info("cluster %s connected (agent %s, applied %s)", cluster, hello.agent_version,
+                 hello.applied_version[:12] or "nothing")
+        self._seen(cluster)
+        return session
+
+    def _close(self, session: Session) -> None:
+        session.ended = True
+        if self.sessions.get(session.cluster) is session:
+            del self.sessions[session.cluster]
+            st = self.statuses.get(session.cluster)
+            if st is not None and st.connection == "Connected":
+                st.connection = "Disconnected"
+                self._dirty_status = True
+            log.info("cluster %s stream closed", session.cluster)
+
+    def _refuse(self, session: Session, code: grpc.StatusCode, message: str) -> None:
+        session.refused = StreamRefused(code, message)
+        session.wake.set()
+
+    async def _read(self, session: Session, incoming: AsyncIterator[hub_pb2.AgentMessage]) -> None:
+        try:
+            async for msg in incoming:
+                session.last_received = time.monotonic()
+                self._handle(session, msg)
+        except StreamRefused as exc:
+            session.refused = exc
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            pass  # the agent went away; _serve notices through `ended`
+        session.ended = True
+        session.wake.set()
+
+    def _handle(self, session: Session, msg: hub_pb2.AgentMessage) -> None:
+        cluster = session.cluster
+        kind = msg.WhichOneof("kind")
+        st = self.statuses[cluster]
+        self._seen(cluster)
+        if kind == "ack":
+            session.applied = msg.ack.version
+            if session.in_flight == msg.ack.version:
+                session.in_flight = ""
+            session.nacks = 0
+            st.acked_version = msg.ack.version
+            if st.nack_version and st.nack_version == msg.ack.version:
+                st.nack_version, st.nack_error = "", ""
+        elif kind == "nack":
+            session.in_flight = ""
+            session.nacks += 1
+            delay = min(self.settings.nack_backoff_base * 2 ** (session.nacks - 1), self.settings.nack_backoff_max)
+            session.retry_at = time.monotonic() + delay
+            st.nack_version, st.nack_error, st.nack_at = msg.nack.version, msg.nack.error, _now()
+            log.error("cluster %s NACKed %s: %s (retry in %.1f s)", cluster, msg.nack.version[:12],
+                      msg.nack.error, delay)
+        elif kind == "discovery":
+            self._discovery(cluster, msg.discovery)
+        elif kind == "hello":
+            raise StreamRefused(grpc.StatusCode.INVALID_ARGUMENT, "hello sent twice on one stream")
+        session.wake.set()
+
+    def _discovery(self, cluster: str, report: hub_pb2.DiscoveryReport) -> None:
+        if report.cluster != cluster:
+            raise StreamRefused(grpc.StatusCode.PERMISSION_DENIED,
+                                f"certificate identifies cluster {cluster}; it cannot report for "
+                                f"{report.cluster!r}")
+        doc = discovery_json(report)
+        try:
+            parsed = discovery_from_json(doc)
+        except DiscoveryError as exc:
+            log.error("discovery report of %s refused, keeping the previous one: %s", cluster, exc)
+            return
+        if self.discovery.get(cluster) != parsed:
+            self.discovery[cluster] = parsed
+            self.registry.save_discovery(cluster, doc)
+            self.mark_dirty()
+
+    def _push_due(self, session: Session) -> Intent | None:
+        intent = self.intents.get(session.cluster)
+        if intent is None or intent.version in (session.applied, session.in_flight):
+            return None
+        if session.in_flight:
+            return None  # one push in flight at a time: the agent answers in order
+        if time.monotonic() < session.retry_at:
+            return None
+        return intent
+
+    async def _serve(self, session: Session, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        s = self.settings
+        next_beat = time.monotonic()
+        while True:
+            if session.refused is not None:
+                raise session.refused
+            if session.ended:
+                return
+            now = time.monotonic()
+            if now - session.last_received > s.stream_timeout:
+                raise StreamRefused(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                    f"watchdog: no message from the agent for {s.stream_timeout:.0f} s")
+            intent = self._push_due(session)
+            if intent is not None:
+                session.in_flight = intent.version
+                session.pushes += 1
+                await context.write(hub_pb2.HubMessage(intent=hub_pb2.IntentPush(
+                    version=intent.version, content=intent.content, content_type=MEDIA_TYPE)))
+            if now >= next_beat:
+                await context.write(hub_pb2.HubMessage(heartbeat=hub_pb2.Heartbeat(
+                    sent_unix_ms=int(_now() * 1000))))
+                next_beat = now + s.heartbeat_interval
+            wake_at = min(next_beat, session.last_received + s.stream_timeout)
+            if session.retry_at > now:
+                wake_at = min(wake_at, session.retry_at)
+            session.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(session.wake.wait(), max(0.0, wake_at - time.monotonic()))
+
+
+def discovery_json(report: hub_pb2.DiscoveryReport) -> dict[str, Any]:
+    """The wire report as the JSON document the hub stores and validates."""
+    return {
+        "gateway": {"address": report.gateway.address, "port": report.gateway.port},
+        "services": [
+            {
+                "namespace": s.namespace,
+                "name": s.name,
+                "ports": [{"name": p.name, "number": p.number, "protocol": p.protocol} for p in s.ports],
+                "labels": dict(s.labels),
+                "subsets": [{"name": x.name, "labels": dict(x.labels)} for x in s.subsets],
+            }
+            for s in report.services
+        ],
+    }

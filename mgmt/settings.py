@@ -1,0 +1,48 @@
+"""Hub settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class HubSettings:
+    """How a hub runs; every duration is in seconds."""
+
+    state_dir: Path
+    """Where the hub keeps hub.db, its identity CA and its serving certificate."""
+    listen: str = "127.0.0.1:7443"
+    """Address of the mutual-TLS port agents Sync on."""
+    bootstrap_listen: str | None = None
+    """Address of the server-TLS port for Register (default: the listen port + 1; port 0 stays 0)."""
+    policies_dir: Path | None = None
+    """Directory of policy YAML files; None: no policies."""
+    advertise_hosts: tuple[str, ...] = ()
+    """Extra DNS names / IPs for the serving certificate (localhost and loopback are always in)."""
+    heartbeat_interval: float = 5.0
+    """How often the hub sends a heartbeat on each stream (agents send theirs on their own timer)."""
+    liveness_grace: float = 15.0
+    """A cluster with no message for this long is Unreachable."""
+    stream_timeout: float = 20.0
+    """Watchdog: a stream with no message from its agent for this long is torn down."""
+    nack_backoff_base: float = 1.0
+    """Wait after a first NACK before pushing again; doubles per consecutive NACK."""
+    nack_backoff_max: float = 60.0
+    """Cap of the NACK backoff."""
+    debounce: float = 0.05
+    """Bursts of changes within this window cost one translation."""
+    poll_interval: float = 1.0
+    """How often the policy directory and the cluster registry are checked for changes."""
+    status_flush_interval: float = 0.5
+    """Status (heartbeats, ACKs) is written to hub.db at most this often."""
+    client_cert_days: int = 365
+    """Validity of the client certificates Register issues."""
+
+
+def bootstrap_address(listen: str, explicit: str | None) -> str:
+    """The Register port address: explicit, or the listen address with port + 1 (0 stays 0)."""
+    if explicit:
+        return explicit
+    host, _, port = listen.rpartition(":")
+    return f"{host}:{int(port) + 1 if int(port) else 0}"

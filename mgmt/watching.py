@@ -1,0 +1,100 @@
+"""The directory policy source: every *.yaml / *.yml below a directory, re-read when it changes.
+
+A file that fails to parse keeps contributing its last good policies, and its
+error (file:line) is reported until it is fixed; a deleted file's policies go.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mgmt.model import TrafficPolicy
+from mgmt.policies import PolicyError, parse_file
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _FileState:
+    stamp: tuple[int, int]
+    digest: str
+    good: list[TrafficPolicy] = field(default_factory=list)
+    errors: list[PolicyError] = field(default_factory=list)
+
+
+class DirectoryPolicySource:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._files: dict[Path, _FileState] = {}
+        self.policies: tuple[TrafficPolicy, ...] = ()
+        self.errors: tuple[PolicyError, ...] = ()
+
+    def scan(self) -> bool:
+        """Re-read changed files; True if the policies or errors changed."""
+        if not self.directory.is_dir():
+            missing = (PolicyError(str(self.directory), 0, "policy directory does not exist"),)
+            changed = missing != self.errors
+            self.errors = missing  # keep the last good policies: a vanished mount is not a deletion
+            return changed
+        seen: set[Path] = set()
+        dirty = False
+        for path in sorted(p for p in self.directory.rglob("*") if p.suffix in (".yaml", ".yml")):
+            if any(part.startswith(".") for part in path.relative_to(self.directory).parts):
+                continue  # editor swap files, ..data symlink farms of ConfigMap mounts
+            seen.add(path)
+            try:
+                st = path.stat()
+                stamp = (st.st_mtime_ns, st.st_size)
+                old = self._files.get(path)
+                if old is not None and old.stamp == stamp:
+                    continue
+                data = path.read_bytes()
+            except OSError as exc:
+                log.warning("cannot read policy file %s: %s", path, exc)
+                continue
+            digest = hashlib.sha256(data).hexdigest()
+            if old is not None and old.digest == digest:
+                old.stamp = stamp
+                continue
+            name = str(path.relative_to(self.directory))
+            try:
+                policies, errors = parse_file(data.decode(), name)
+            except UnicodeDecodeError as exc:
+                policies, errors = [], [PolicyError(name, 1, f"not UTF-8 text: {exc}")]
+            state = _FileState(stamp, digest)
+            if errors:
+                state.good = old.good if old else []
+                state.errors = errors
+                for e in errors:
+                    log.error("policy file rejected, keeping its last good content: %s", e)
+            else:
+                state.good = policies
+            self._files[path] = state
+            dirty = True
+        for gone in set(self._files) - seen:
+            del self._files[gone]
+            dirty = True
+        if not dirty:
+            return False
+        return self._merge()
+
+    def _merge(self) -> bool:
+        by_key: dict[str, TrafficPolicy] = {}
+        errors: list[PolicyError] = []
+        for path in sorted(self._files):
+            state = self._files[path]
+            errors.extend(state.errors)
+            for p in state.good:
+                if p.key in by_key:
+                    file, _, line = p.source.rpartition(":")
+                    errors.append(PolicyError(file, int(line or 0), f"TrafficPolicy {p.key} is already defined at "
+                                              f"{by_key[p.key].source}; this copy is ignored"))
+                else:
+                    by_key[p.key] = p
+        policies = tuple(by_key[k] for k in sorted(by_key))
+        changed = policies != self.policies or tuple(errors) != self.errors
+        self.policies, self.errors = policies, tuple(errors)
+        return changed
