@@ -274,10 +274,14 @@ class Agent:
         try:
             while True:
                 reading = asyncio.ensure_future(call.read())
+                tasks.append(reading)  # so the finally below always reaps it
                 done, _ = await asyncio.wait({reading, *tasks}, timeout=s.stream_timeout,
                                              return_when=asyncio.FIRST_COMPLETED)
+                tasks.remove(reading)
                 if reading not in done:
                     reading.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+                        await reading
                     for t in done:
                         t.result()  # a writer failure surfaces here
                     raise TimeoutError

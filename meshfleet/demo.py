@@ -90,6 +90,7 @@ class Fleet:
                 issued = add_cluster(self.hub.registry, self.hub.settings.state_dir, c.name, c.region, c.zone,
                                      c.network)
                 self.tokens[c.name] = str(issued.token)
+        self.hub.refresh_clusters()
         self.hub.mark_dirty()
         for c in self.clusters:
             self.start_agent(c.name)

@@ -103,6 +103,7 @@ class Hub(hub_pb2_grpc.HubServicer):
         self.port = 0
         self.bootstrap_port = 0
         self.translations = 0
+        self._stopped = False
 
     # lifecycle --------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -126,6 +127,10 @@ class Hub(hub_pb2_grpc.HubServicer):
                  self.bootstrap_port)
 
     async def stop(self, grace: float | None = 1.0) -> None:
+        """Stop serving and flush status; calling it again does nothing."""
+        if self._stopped:
+            return
+        self._stopped = True
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -142,7 +147,7 @@ class Hub(hub_pb2_grpc.HubServicer):
 
     def _load_state(self) -> None:
         self.statuses = self.registry.statuses()
-        self._refresh_clusters()
+        self.refresh_clusters()
         for name, doc in self.registry.discovery().items():
             with contextlib.suppress(DiscoveryError):
                 self.discovery[name] = discovery_from_json(doc)
@@ -155,7 +160,7 @@ class Hub(hub_pb2_grpc.HubServicer):
                 self._arm_deadline(st.cluster, _now())
         self._dirty_status = True
 
-    def _refresh_clusters(self) -> bool:
+    def refresh_clusters(self) -> bool:
         records = self.registry.clusters()
         clusters = {n: ClusterRef(r.name, r.region, r.zone, r.network) for n, r in records.items()}
         if clusters == self.clusters:
@@ -218,7 +223,7 @@ class Hub(hub_pb2_grpc.HubServicer):
         while True:
             await asyncio.sleep(self.settings.poll_interval)
             try:
-                changed = self._refresh_clusters()
+                changed = self.refresh_clusters()
                 source = self.source
                 if source is not None and await asyncio.to_thread(source.scan):
                     self._save_problems()
@@ -309,7 +314,7 @@ class Hub(hub_pb2_grpc.HubServicer):
         record = self.registry.cluster(cluster)
         if record is None:
             raise StreamRefused(grpc.StatusCode.PERMISSION_DENIED, f"cluster {cluster} is not registered")
-        if cluster not in self.clusters and self._refresh_clusters():
+        if cluster not in self.clusters and self.refresh_clusters():
             self.mark_dirty()  # added by `cluster add` since the last poll
         if record.cert_fingerprint != fingerprint(cert):
             raise StreamRefused(grpc.StatusCode.PERMISSION_DENIED,

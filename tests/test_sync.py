@@ -1,0 +1,400 @@
+"""Hub and agents over real gRPC with real mutual TLS on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+from collections import Counter
+from pathlib import Path
+
+import grpc
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from agent.syncing import Agent, AgentFatal
+from meshfleet import jointokens
+from meshfleet.cli import main
+from meshfleet.intents import PROTOCOL_VERSION
+from meshfleet.v1 import hub_pb2
+from mgmt import identities
+from mgmt.enrollment import add_cluster, issue_token
+from mgmt.serving import Hub
+from tests.fleets import (
+    agent_channel,
+    bootstrap_channel,
+    make_fleet,
+    mode,
+    rescan,
+    run,
+    running_fleet,
+    stub,
+    tree,
+    until,
+)
+
+REVIEWS = """\
+apiVersion: meshfleet.io/v1alpha1
+kind: TrafficPolicy
+metadata:
+  name: reviews-split
+  namespace: bookinfo
+spec:
+  destination:
+    service: reviews
+  route:
+    - cluster: us-east-1
+      weight: {east}
+    - cluster: eu-west-1
+      weight: {west}
+"""
+
+
+def csr_pem(cluster: str) -> bytes:
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (x509.CertificateSigningRequestBuilder()
+           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cluster)]))
+           .sign(key, hashes.SHA256()))
+    return csr.public_bytes(serialization.Encoding.PEM)
+
+
+async def register(fleet_hub_channel: grpc.aio.Channel, cluster: str, token: str) -> hub_pb2.RegisterResponse:
+    credential = jointokens.parse(token).credential if token.startswith("mft1.") else token
+    return await stub(fleet_hub_channel).Register(
+        hub_pb2.RegisterRequest(cluster=cluster, token=credential, csr_pem=csr_pem(cluster)), timeout=10)
+
+
+def test_bootstrap_issues_identity_and_keeps_keys_private(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running_fleet(tmp_path) as fleet:
+            for c in fleet.clusters:
+                state = tmp_path / "agents" / c.name
+                assert mode(state / "agent.key") == 0o600
+                cert = x509.load_pem_x509_certificate((state / "agent.crt").read_bytes())
+                assert identities.cluster_of(cert) == c.name
+                record = fleet.hub.registry.cluster(c.name)
+                assert record is not None and record.cert_fingerprint == identities.fingerprint(cert)
+                # the key never left: the certificate carries the agent's own public key
+                key = serialization.load_pem_private_key((state / "agent.key").read_bytes(), None)
+                assert cert.public_key() == key.public_key()
+            for name in ("ca.key", "server.key", "hub.db"):
+                assert mode(tmp_path / "hub" / name) == 0o600
+    run(scenario())
+
+
+def test_register_refuses_reused_expired_unknown_and_garbage_tokens(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running_fleet(tmp_path) as fleet:
+            hub = fleet.hub
+            state = hub.settings.state_dir
+            add_cluster(hub.registry, state, "late", "us-east", "us-east-1b", "net-us-east")
+            expired = issue_token(hub.registry, state, "late", ttl=0.01)
+            other = issue_token(hub.registry, state, "late")
+            await asyncio.sleep(0.05)
+            cases = {
+                "reused": ("us-east-1", fleet.tokens["us-east-1"], "already used"),
+                "expired": ("late", str(expired.token), "expired"),
+                "garbage": ("late", "garbage", "malformed bootstrap token"),
+                "unknown": ("late", "0123456789abcdef." + "A" * 43, "unknown bootstrap token"),
+                "wrong-secret": ("late", f"{other.token.token_id}." + "B" * 43, "unknown bootstrap token"),
+                "other-cluster": ("eu-west-1", str(other.token), "issued for cluster 'late'"),
+            }
+            async with bootstrap_channel(fleet) as channel:
+                for name, (cluster, token, message) in cases.items():
+                    with pytest.raises(grpc.aio.AioRpcError) as err:
+                        await register(channel, cluster, token)
+                    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED, name
+                    assert message in (err.value.details() or ""), (name, err.value.details())
+                # a refused attempt burns nothing: the right token still works, once
+                resp = await register(channel, "late", str(other.token))
+                cert = x509.load_pem_x509_certificate(resp.certificate_pem)
+                assert identities.cluster_of(cert) == "late"
+                with pytest.raises(grpc.aio.AioRpcError, match="already used"):
+                    await register(channel, "late", str(other.token))
+    run(scenario())
+
+
+def test_register_refuses_bad_csr(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running_fleet(tmp_path, clusters=1) as fleet:
+            hub = fleet.hub
+            add_cluster(hub.registry, hub.settings.state_dir, "late", "us-east", "us-east-1b", "net")
+            token = issue_token(hub.registry, hub.settings.state_dir, "late")
+            async with bootstrap_channel(fleet) as channel:
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await stub(channel).Register(hub_pb2.RegisterRequest(
+                        cluster="late", token=token.token.credential, csr_pem=b"not a csr"))
+                assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert "CSR" in (err.value.details() or "")
+                # the token survives a refused CSR
+                await register(channel, "late", str(token.token))
+    run(scenario())
+
+
+def test_sync_without_client_certificate_is_refused(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running_fleet(tmp_path, clusters=1) as fleet:
+            async with bootstrap_channel(fleet) as channel:  # server-TLS port: no client cert
+                call = stub(channel).Sync()
+                await call.write(hub_pb2.AgentMessage(hello=hub_pb2.Hello(cluster="us-east-1",
+                                                                         protocol_version=PROTOCOL_VERSION)))
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await call.read()
+                assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            # the mutual-TLS port does not complete a handshake without a client certificate
+            ca = (fleet.hub.settings.state_dir / "ca.crt").read_bytes()
+            async with grpc.aio.secure_channel(f"127.0.0.1:{fleet.hub.port}",
+                                               grpc.ssl_channel_credentials(ca)) as channel:
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    call = stub(channel).Sync(timeout=5)
+                    await call.write(hub_pb2.AgentMessage(hello=hub_pb2.Hello(cluster="us-east-1")))
+                    await call.read()
+                assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    run(scenario())
+
+
+def test_certificate_from_a_foreign_ca_is_refused(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running_fleet(tmp_path, clusters=1) as fleet:
+            now = dt.datetime.now(dt.UTC)
+            foreign = identities.new_authority(now)
+            key = ec.generate_private_key(ec.SECP256R1())
+            csr = (x509.CertificateSigningRequestBuilder().subject_name(x509.Name([]))
+                   .sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
+            cert = identities.sign_cluster_csr(foreign, csr, "us-east-1", now, dt.timedelta(days=1))
+            creds = grpc.ssl_channel_credentials(
+                (fleet.hub.settings.state_dir / "ca.crt").read_bytes(),
+                key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()),
+                cert.public_bytes(serialization.Encoding.PEM))
+            async with grpc.aio.secure_channel(f"127.0.0.1:{fleet.hub.port}", creds) as channel:
+                call = stub(channel).Sync(timeout=5)
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await call.write(hub_pb2.AgentMessage(hello=hub_pb2.Hello(cluster="us-east-1")))
+                    await call.read()
+                assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "us-east-1" in fleet.hub.sessions  # the real agent's stream is untouched
+    run(scenario())
+
+
+@pytest.mark.parametrize("message, code, text", [
+    pytest.param(hub_pb2.AgentMessage(hello=hub_pb2.Hello(cluster="eu-west-1", protocol_version=PROTOCOL_VERSION)),
+                 grpc.StatusCode.PERMISSION_DENIED, "cannot sync as 'eu-west-1'", id="hello-as-other-cluster"),
+    pytest.param(hub_pb2.AgentMessage(hello=hub_pb2.Hello(cluster="us-east-1", protocol_version="2.0")),
+                 grpc.StatusCode.FAILED_PRECONDITION, "protocol version '2.0' not supported", id="unknown-major"),
+    pytest.param(hub_pb2.AgentMessage(heartbeat=hub_pb2.Heartbeat()),
+                 grpc.StatusCode.INVALID_ARGUMENT, "first message on Sync must be hello", id="no-hello"),
+])
+def test_sync_refuses_wrong_identity_or_protocol(tmp_path: Path, message: hub_pb2.AgentMessage,
+                                                 code: grpc.StatusCode, text: str) -> None:
+    async def scenario() -> None:
+        async with running_fleet(tmp_path) as fleet:
+            before = dict(fleet.hub.sessions)
+            async with agent_channel(fleet, "us-east-1") as channel:
+                call = stub(channel).Sync()
+                await call.write(message)
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    while True:
+                        msg = await call.read()
+                        assert msg is grpc.aio.EOF or msg.WhichOneof("kind") != "intent", "intent leaked"
+                        if msg is grpc.aio.EOF:
+                            break
+                assert err.value.code() == code
+                assert text in (err.value.details() or "")
+            assert fleet.hub.sessions == before
+    run(scenario())
+
+
+def test_discovery_for_another_cluster_is_refused(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running_fleet(tmp_path) as fleet:
+            discovery_before = fleet.hub.discovery["eu-west-1"]
+            await fleet.stop_agent("us-east-1")
+            async with agent_channel(fleet, "us-east-1") as channel:
+                call = stub(channel).Sync()
+                await call.write(hub_pb2.AgentMessage(hello=hub_pb2.Hello(
+                    cluster="us-east-1", protocol_version=PROTOCOL_VERSION,
+                    applied_version=fleet.hub.intents["us-east-1"].version)))
+                await call.write(hub_pb2.AgentMessage(discovery=hub_pb2.DiscoveryReport(
+                    cluster="eu-west-1", gateway=hub_pb2.Gateway(address="evil.example", port=15443))))
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    while await call.read() is not grpc.aio.EOF:
+                        pass
+                assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+                assert "cannot report for 'eu-west-1'" in (err.value.details() or "")
+            assert fleet.hub.discovery["eu-west-1"] == discovery_before
+    run(scenario())
+
+
+def test_policy_change_reaches_every_agent_exactly_once_per_version(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running_fleet(tmp_path) as fleet:
+            policy = tmp_path / "policies" / "reviews-split.yaml"
+            for east, west in ((70, 30), (60, 40), (50, 50)):
+                policy.write_text(REVIEWS.format(east=east, west=west))
+                await rescan(fleet)
+                assert await fleet.wait_converged(10.0)
+                for c in fleet.clusters:
+                    vs = (fleet.output(c.name) / "bookinfo" / "virtualservice-reviews-global.yaml").read_text()
+                    assert f"weight: {east}" in vs and f"weight: {west}" in vs
+            await asyncio.sleep(1.0)  # several heartbeats: nothing more may arrive
+            for c in fleet.clusters:
+                received = fleet.agents[c.name].received
+                assert received, c.name
+                dupes = [v for v, n in Counter(received).items() if n > 1]
+                assert not dupes, f"{c.name} received {dupes} more than once"
+                assert received[-1] == fleet.hub.intents[c.name].version
+    run(scenario())
+
+
+def test_nack_text_is_visible_in_status(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    async def scenario() -> None:
+        fleet = make_fleet(tmp_path)
+        # someone else's file where the agent of eu-west-1 would write: it must not be overwritten
+        theirs = fleet.output("eu-west-1") / "bookinfo" / "virtualservice-reviews-global.yaml"
+        theirs.parent.mkdir(parents=True)
+        theirs.write_text("# hand-written, not meshfleet's\n")
+        await fleet.start()
+        try:
+            await until(lambda: bool(fleet.hub.statuses["eu-west-1"].nack_error), what="a NACK")
+            assert "refusing to overwrite" in fleet.hub.statuses["eu-west-1"].nack_error
+            assert theirs.read_text() == "# hand-written, not meshfleet's\n"
+            fleet.hub._flush_status()
+            assert main(["status", "--state-dir", str(tmp_path / "hub")]) == 0
+            out = capsys.readouterr().out
+            line = next(ln for ln in out.splitlines() if ln.startswith("eu-west-1"))
+            assert "refusing to overwrite" in line and "virtualservice-reviews-global.yaml" in line
+            # after the NACK the hub backs off instead of hammering the agent
+            pushes = len(fleet.agents["eu-west-1"].received)
+            await asyncio.sleep(0.5)
+            assert len(fleet.agents["eu-west-1"].received) <= pushes + 1
+            # the others are unaffected
+            assert all(fleet.hub.statuses[c].acked_version == fleet.hub.intents[c].version
+                       for c in ("us-east-1", "ap-south-1"))
+        finally:
+            await fleet.stop()
+    run(scenario())
+
+
+def test_hub_restart_agents_reconnect_without_reregistering_or_reapplying(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running_fleet(tmp_path) as fleet:
+            hub = fleet.hub
+            port, bport = hub.port, hub.bootstrap_port
+            registered = {c.name: hub.registry.cluster(c.name).registered_at  # type: ignore[union-attr]
+                          for c in fleet.clusters}
+            received = {c: list(a.received) for c, a in fleet.agents.items()}
+            before = {c.name: tree(fleet.output(c.name)) for c in fleet.clusters}
+            await hub.stop(grace=0)
+            await until(lambda: not any(a.connected.is_set() for a in fleet.agents.values()), what="disconnect")
+            settings = hub.settings
+            fleet.hub = Hub(type(settings)(**{**settings.__dict__, "listen": f"127.0.0.1:{port}",
+                                              "bootstrap_listen": f"127.0.0.1:{bport}"}))
+            await fleet.hub.start()
+            await until(lambda: len(fleet.hub.sessions) == 3, within=15, what="reconnect")
+            assert await fleet.wait_converged(10)
+            await asyncio.sleep(0.5)
+            for c in fleet.clusters:
+                record = fleet.hub.registry.cluster(c.name)
+                assert record is not None and record.registered_at == registered[c.name]
+                assert fleet.agents[c.name].received == received[c.name], "intent re-sent after hub restart"
+                assert tree(fleet.output(c.name)) == before[c.name]
+                assert fleet.hub.statuses[c.name].connection == "Connected"
+    run(scenario())
+
+
+def test_agent_restart_with_hub_down_leaves_output_untouched(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running_fleet(tmp_path) as fleet:
+            name = "eu-west-1"
+            applied = fleet.agents[name].applied_version
+            before = tree(fleet.output(name))
+            assert before
+            await fleet.hub.stop(grace=0)
+            await fleet.stop_agent(name)
+            agent = fleet.start_agent(name)
+            await asyncio.sleep(1.5)  # several reconnect attempts against a dead hub
+            assert not agent.connected.is_set()
+            assert agent.applied_version == applied
+            assert tree(fleet.output(name)) == before
+    run(scenario())
+
+
+def test_malformed_policy_file_is_reported_and_previous_intent_kept(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running_fleet(tmp_path) as fleet:
+            versions = {c: i.version for c, i in fleet.hub.intents.items()}
+            received = {c: len(a.received) for c, a in fleet.agents.items()}
+            policy = tmp_path / "policies" / "reviews-split.yaml"
+            policy.write_text(REVIEWS.format(east=80, west=20).replace("weight: 20", "weigth: 20"))
+            await rescan(fleet)
+            assert fleet.hub.source is not None
+            errors = [str(e) for e in fleet.hub.source.errors]
+            assert any(e.startswith("reviews-split.yaml:13:") and "weigth" in e for e in errors), errors
+            assert {c: i.version for c, i in fleet.hub.intents.items()} == versions
+            await asyncio.sleep(0.3)
+            assert {c: len(a.received) for c, a in fleet.agents.items()} == received
+            problems = fleet.hub.registry.get_meta("policy_problems")
+            assert any("weigth" in e for e in problems["source_errors"])
+    run(scenario())
+
+
+def test_lost_agent_goes_disconnected_then_unreachable_at_the_deadline(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running_fleet(tmp_path, heartbeat=0.2, grace=1.0) as fleet:
+            st = fleet.hub.statuses["ap-south-1"]
+            assert st.connection == "Connected"
+            await fleet.stop_agent("ap-south-1")
+            await until(lambda: st.connection == "Disconnected", within=2, what="Disconnected")
+            stopped = time.monotonic()
+            await until(lambda: st.connection == "Unreachable", within=3, what="Unreachable")
+            assert time.monotonic() - stopped <= 1.5
+            assert fleet.hub.statuses["us-east-1"].connection == "Connected"
+    run(scenario())
+
+
+def test_watchdog_ends_a_silent_stream(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running_fleet(tmp_path, heartbeat=0.2, grace=1.0) as fleet:
+            await fleet.stop_agent("us-east-1")
+            async with agent_channel(fleet, "us-east-1") as channel:
+                call = stub(channel).Sync()
+                await call.write(hub_pb2.AgentMessage(hello=hub_pb2.Hello(
+                    cluster="us-east-1", protocol_version=PROTOCOL_VERSION)))
+                started = time.monotonic()
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    while await call.read() is not grpc.aio.EOF:
+                        pass
+                assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+                assert "watchdog" in (err.value.details() or "")
+                assert time.monotonic() - started < fleet.hub.settings.stream_timeout + 2
+    run(scenario())
+
+
+def test_removed_cluster_agent_stops_with_a_clear_error(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running_fleet(tmp_path) as fleet:
+            fleet.hub.registry.remove_cluster("ap-south-1")
+            fleet.hub.refresh_clusters()
+            task = fleet.tasks["ap-south-1"]
+            with pytest.raises(AgentFatal, match=r"removed|not registered"):
+                await asyncio.wait_for(task, 10)
+            del fleet.tasks["ap-south-1"]
+    run(scenario())
+
+
+def test_agent_without_identity_or_token_fails_clearly(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        fleet = make_fleet(tmp_path, clusters=1)
+        settings = fleet.agent_settings("us-east-1")
+        agent = Agent(type(settings)(**{**settings.__dict__, "token": None}))
+        with pytest.raises(AgentFatal, match="no --token"):
+            await agent.run()
+        agent = Agent(type(settings)(**{**settings.__dict__, "token": "mft1.nope"}))
+        with pytest.raises(AgentFatal, match="malformed join token"):
+            await agent.run()
+        fleet.hub.registry.close()
+    run(scenario())
