@@ -67,7 +67,7 @@ def parse(text: str, filename: str = "inventory") -> Inventory:
     gateway = _keys(root.get("gateway") or {}, f"{filename}: gateway", (), ("address", "port"))
     address = gateway.get("address", "")
     port = gateway.get("port", EAST_WEST_PORT)
-    if not isinstance(address, str) or not isinstance(port, int) or not 0 < port < 65536:
+    if not isinstance(address, str) or not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
         raise InventoryError(f"{filename}: gateway needs a string address and a port 1-65535")
     if not isinstance(root["services"], list):
         raise InventoryError(f"{filename}: services must be a list")
@@ -82,7 +82,7 @@ def parse(text: str, filename: str = "inventory") -> Inventory:
         if (s["namespace"], s["name"]) in seen:
             raise InventoryError(f"{where}: {s['namespace']}/{s['name']} listed twice")
         seen.add((s["namespace"], s["name"]))
-        ports = []
+        ports: list[Port] = []
         if not isinstance(s["ports"], list) or not s["ports"]:
             raise InventoryError(f"{where}.ports: must be a non-empty list")
         for j, rawp in enumerate(s["ports"]):
@@ -95,13 +95,17 @@ def parse(text: str, filename: str = "inventory") -> Inventory:
                 raise InventoryError(f"{pw}.number: must be an integer 1-65535, got {number!r}")
             if protocol not in PROTOCOLS:
                 raise InventoryError(f"{pw}.protocol: {protocol!r} is not one of {', '.join(PROTOCOLS)}")
+            if any(q.name == p["name"] or q.number == number for q in ports):
+                raise InventoryError(f"{pw}: port name {p['name']!r} or number {number} used twice")
             ports.append(Port(p["name"], number, protocol))
-        subsets = []
+        subsets: list[Subset] = []
         for j, rawx in enumerate(s.get("subsets") or []):
             xw = f"{where}.subsets[{j}]"
             x = _keys(rawx, xw, ("name", "labels"), ())
             if err := dns1123_label_error(x["name"]):
                 raise InventoryError(f"{xw}.name: {err}")
+            if any(y.name == x["name"] for y in subsets):
+                raise InventoryError(f"{xw}.name: subset {x['name']!r} listed twice")
             subsets.append(Subset(x["name"], _labels(x["labels"], xw)))
         services.append(LocalService(s["namespace"], s["name"], tuple(ports),
                                      tuple(sorted(_labels(s.get("labels"), where).items())), tuple(subsets)))

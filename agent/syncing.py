@@ -108,7 +108,7 @@ class Agent:
         self.objects = len(self.sink.owned()) if settings.output.exists() else 0
         self.received: list[str] = []  # versions pushed to this agent, in order (for status and tests)
         self.last_error = ""
-        self._inventory_stamp: tuple[int, int] | None = None
+        self._inventory_bytes: bytes | None = None
         self._report: hub_pb2.DiscoveryReport | None = None
 
     @property
@@ -160,17 +160,17 @@ class Agent:
         """The report to send if the inventory changed and is valid, else None."""
         path = self.settings.inventory
         try:
-            st = path.stat()
-            stamp = (st.st_mtime_ns, st.st_size)
-            if stamp == self._inventory_stamp:
-                return None
-            text = path.read_text()
+            # compared by content: mtime/size miss a same-size edit within one timestamp tick
+            data = path.read_bytes()
         except OSError as exc:
-            if self._inventory_stamp != (0, 0):
+            if self._inventory_bytes != b"<unreadable>":
                 log.error("cannot read inventory %s: %s (keeping the last report)", path, exc)
-                self._inventory_stamp = (0, 0)
+                self._inventory_bytes = b"<unreadable>"
             return None
-        self._inventory_stamp = stamp
+        if data == self._inventory_bytes:
+            return None
+        self._inventory_bytes = data
+        text = data.decode(errors="replace")
         try:
             inv = inventories.parse(text, str(path))
         except inventories.InventoryError as exc:
@@ -248,7 +248,7 @@ class Agent:
         await outbox.put(hub_pb2.AgentMessage(hello=hub_pb2.Hello(
             cluster=s.cluster, agent_version=__version__, protocol_version=PROTOCOL_VERSION,
             applied_version=self.applied_version)))
-        self._inventory_stamp = None
+        self._inventory_bytes = None
         self._report = None
         report = self._read_inventory()
         if report is not None:

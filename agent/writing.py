@@ -8,8 +8,10 @@ mid-apply never leaves a written file unowned.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,9 +39,17 @@ class ApplyResult:
         return bool(self.written or self.pruned)
 
 
+_RELATIVE = re.compile(r"^[a-z0-9][-a-z0-9]*/[a-z]+-[a-z0-9][-.a-z0-9]*\.yaml$")
+
+
 def relative_path(obj: Mapping[str, Any]) -> str:
+    """Where an object goes; refuses names that could leave the output directory."""
     meta = obj["metadata"]
-    return f"{meta['namespace']}/{obj['kind'].lower()}-{meta['name']}.yaml"
+    rel = f"{meta['namespace']}/{obj['kind'].lower()}-{meta['name']}.yaml"
+    if not _RELATIVE.match(rel) or ".." in rel:
+        raise SinkError(f"object {obj['kind']} {meta['namespace']}/{meta['name']} has a name that is not a "
+                        "valid Kubernetes namespace/name")
+    return rel
 
 
 def to_yaml(obj: Mapping[str, Any]) -> bytes:
@@ -53,8 +63,10 @@ class DirectorySink:
     def owned(self) -> set[str]:
         path = self.root / INVENTORY
         try:
-            data = json.loads(path.read_text())
-            return set(data["files"])
+            files = json.loads(path.read_text())["files"]
+            if not isinstance(files, list) or not all(isinstance(f, str) and _RELATIVE.match(f) for f in files):
+                raise ValueError("'files' must be a list of <namespace>/<file>.yaml paths")
+            return set(files)
         except FileNotFoundError:
             return set()
         except (ValueError, KeyError, TypeError) as exc:
@@ -97,6 +109,8 @@ class DirectorySink:
                     pruned += 1
                 except FileNotFoundError:
                     pass
+                with contextlib.suppress(OSError):  # only succeeds if the namespace folder is now empty
+                    (self.root / rel).parent.rmdir()
             if owned != set(rendered):
                 self._save(rendered)
         except OSError as exc:

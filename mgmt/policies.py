@@ -37,18 +37,38 @@ class _Invalid(Exception):
 
 
 def _line_of(node: yaml.Node, path: Sequence[str | int]) -> int:
-    """1-based line of the deepest node along `path` that exists."""
+    """1-based line of what `path` names: the key line for a mapping field, else the node's first line."""
+    line = node.start_mark.line
     for step in path:
         if isinstance(node, yaml.MappingNode) and isinstance(step, str):
-            nxt = next((v for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == step), None)
+            pair = next(((k, v) for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == step), None)
+            if pair is None:
+                break
+            line, node = pair[0].start_mark.line, pair[1]
         elif isinstance(node, yaml.SequenceNode) and isinstance(step, int) and step < len(node.value):
-            nxt = node.value[step]
+            node = node.value[step]
+            line = node.start_mark.line
         else:
-            nxt = None
-        if nxt is None:
             break
-        node = nxt
-    return node.start_mark.line + 1
+    return line + 1
+
+
+def _duplicate_keys(node: yaml.Node) -> tuple[int, str] | None:
+    """(line, key) of the first mapping key given twice (the API server refuses those; PyYAML keeps the last)."""
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for k, v in node.value:
+            if isinstance(k, yaml.ScalarNode):
+                if k.value in seen:
+                    return k.start_mark.line + 1, k.value
+                seen.add(k.value)
+            if found := _duplicate_keys(v):
+                return found
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            if found := _duplicate_keys(item):
+                return found
+    return None
 
 
 def _fields(obj: Any, path: tuple[str | int, ...], required: Sequence[str], optional: Sequence[str]
@@ -128,6 +148,9 @@ def parse_file(text: str, filename: str) -> tuple[list[TrafficPolicy], list[Poli
         if node is None:
             continue
         line = node.start_mark.line + 1
+        if dup := _duplicate_keys(node):
+            errors.append(PolicyError(filename, dup[0], f"key {dup[1]!r} given twice in one mapping"))
+            continue
         try:
             doc = yaml.SafeLoader(text).construct_document(node)
         except yaml.YAMLError as exc:

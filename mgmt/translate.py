@@ -84,9 +84,9 @@ def translate(snapshot: Snapshot, cluster: str) -> Translation:
             continue
         dest = (policy.namespace, policy.service)
         if dest in owners:
-            problems.append(Problem(policy.key, f"conflicts with TrafficPolicy {owners[dest]}, which already "
-                                                f"routes {dest[0]}/{dest[1]} (first by namespace/name wins); "
-                                                "this policy is not applied"))
+            problems.append(Problem(policy.key, f"conflicts with TrafficPolicy {owners[dest]} in cluster {cluster}, "
+                                                f"where both route {dest[0]}/{dest[1]} (first by namespace/name "
+                                                f"wins); not applied in {cluster}"))
             continue
         owners[dest] = policy.key
         backends = _backends(snapshot, cluster, *dest, problems, policy.key)
@@ -94,9 +94,6 @@ def translate(snapshot: Snapshot, cluster: str) -> Translation:
             problems.append(Problem(policy.key, f"no cluster reports service {dest[0]}/{dest[1]}; "
                                                 "nothing to route to"))
             continue
-        first = next((b for b in backends if b.local), backends[0])
-        ports = snapshot.discovery[first.cluster.name].services[dest].ports
-        services[dest] = ServiceIntent(dest[0], dest[1], ports, backends)
         available = {b.cluster.name for b in backends}
         for target in policy.route:
             if target.cluster not in snapshot.clusters:
@@ -106,8 +103,12 @@ def translate(snapshot: Snapshot, cluster: str) -> Translation:
                                                     f"{dest[0]}/{dest[1]}; its weight goes to the others"))
         targets = redistribute((t.cluster, t.weight) for t in policy.route if t.cluster in available)
         if not targets:
-            problems.append(Problem(policy.key, "no weighted route target is reachable; route not applied"))
+            # exporting the service without its route would spread traffic over clusters the policy excludes
+            problems.append(Problem(policy.key, "no weighted route target is reachable; the policy is not applied"))
             continue
+        first = next((b for b in backends if b.local), backends[0])
+        ports = snapshot.discovery[first.cluster.name].services[dest].ports
+        services[dest] = ServiceIntent(dest[0], dest[1], ports, backends)
         traffic.append(TrafficSplit(policy.key, dest[0], dest[1], targets))
     intent = ClusterIntent(
         cluster=me,

@@ -19,7 +19,6 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class _FileState:
-    stamp: tuple[int, int]
     digest: str
     good: list[TrafficPolicy] = field(default_factory=list)
     errors: list[PolicyError] = field(default_factory=list)
@@ -31,40 +30,41 @@ class DirectoryPolicySource:
         self._files: dict[Path, _FileState] = {}
         self.policies: tuple[TrafficPolicy, ...] = ()
         self.errors: tuple[PolicyError, ...] = ()
+        self._missing = False
 
     def scan(self) -> bool:
-        """Re-read changed files; True if the policies or errors changed."""
+        """Re-read the directory; True if the policies or errors changed.
+
+        Every file is hashed on every scan: policy directories are small, and
+        mtime/size alone miss a same-size edit within one timestamp tick.
+        """
         if not self.directory.is_dir():
             missing = (PolicyError(str(self.directory), 0, "policy directory does not exist"),)
             changed = missing != self.errors
             self.errors = missing  # keep the last good policies: a vanished mount is not a deletion
+            self._missing = True
             return changed
         seen: set[Path] = set()
-        dirty = False
+        dirty, self._missing = self._missing, False
         for path in sorted(p for p in self.directory.rglob("*") if p.suffix in (".yaml", ".yml")):
             if any(part.startswith(".") for part in path.relative_to(self.directory).parts):
                 continue  # editor swap files, ..data symlink farms of ConfigMap mounts
             seen.add(path)
             try:
-                st = path.stat()
-                stamp = (st.st_mtime_ns, st.st_size)
-                old = self._files.get(path)
-                if old is not None and old.stamp == stamp:
-                    continue
                 data = path.read_bytes()
             except OSError as exc:
                 log.warning("cannot read policy file %s: %s", path, exc)
                 continue
             digest = hashlib.sha256(data).hexdigest()
+            old = self._files.get(path)
             if old is not None and old.digest == digest:
-                old.stamp = stamp
                 continue
             name = str(path.relative_to(self.directory))
             try:
                 policies, errors = parse_file(data.decode(), name)
             except UnicodeDecodeError as exc:
                 policies, errors = [], [PolicyError(name, 1, f"not UTF-8 text: {exc}")]
-            state = _FileState(stamp, digest)
+            state = _FileState(digest)
             if errors:
                 state.good = old.good if old else []
                 state.errors = errors
