@@ -52,13 +52,19 @@ def relative_path(obj: Mapping[str, Any]) -> str:
     return rel
 
 
-def to_yaml(obj: Mapping[str, Any]) -> bytes:
-    return yaml.safe_dump(dict(obj), sort_keys=False, default_flow_style=False).encode()
+# libyaml's emitter is ~4x faster and, for these documents, byte-identical (tested)
+_DUMPER: type[yaml.SafeDumper] = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
+def to_yaml(obj: Mapping[str, Any], dumper: type[yaml.SafeDumper] = _DUMPER) -> bytes:
+    return yaml.dump(dict(obj), Dumper=dumper, sort_keys=False, default_flow_style=False).encode()
 
 
 class DirectorySink:
     def __init__(self, root: Path) -> None:
         self.root = root
+        # what the last apply rendered, so unchanged objects are not serialized again
+        self._last: dict[str, tuple[Mapping[str, Any], bytes]] = {}
 
     def owned(self) -> set[str]:
         path = self.root / INVENTORY
@@ -78,11 +84,15 @@ class DirectorySink:
 
     def apply(self, objects: Iterable[Mapping[str, Any]]) -> ApplyResult:
         rendered: dict[str, bytes] = {}
+        last: dict[str, tuple[Mapping[str, Any], bytes]] = {}
         for obj in objects:
             rel = relative_path(obj)
             if rel in rendered:
                 raise SinkError(f"two rendered objects map to the same file {rel}")
-            rendered[rel] = to_yaml(obj)
+            cached = self._last.get(rel)
+            data = cached[1] if cached is not None and cached[0] == obj else to_yaml(obj)
+            rendered[rel] = data
+            last[rel] = (obj, data)
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             owned = self.owned()
@@ -113,6 +123,7 @@ class DirectorySink:
                     (self.root / rel).parent.rmdir()
             if owned != set(rendered):
                 self._save(rendered)
+            self._last = last
         except OSError as exc:
             raise SinkError(f"writing manifests under {self.root} failed: {exc}") from exc
         return ApplyResult(written, unchanged, pruned)

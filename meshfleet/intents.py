@@ -52,14 +52,13 @@ class Subset:
 
 @dataclass(frozen=True)
 class Backend:
-    """One cluster that runs the service.
+    """One cluster that runs the service, reached through its east-west gateway `address:port`.
 
-    `local` marks the receiving cluster's own copy: it is reached directly, not
-    through an east-west gateway, so `address`/`port` are empty for it.
+    The receiving cluster recognises its own copy by name and reaches it directly,
+    so the same backend list serves every client and is encoded once.
     """
 
     cluster: ClusterRef
-    local: bool
     address: str = ""
     port: int = 0
     subsets: tuple[Subset, ...] = ()
@@ -107,10 +106,40 @@ def version_of(content: bytes) -> str:
     return hashlib.sha256(content).hexdigest()
 
 
+class Encoder:
+    """Encodes many intents, serializing each shared service or split object only once.
+
+    translate() hands every client of a service the same ServiceIntent object, so
+    encoding a fleet costs one serialization per service, not one per cluster.
+    The output is byte-identical to canonical_json(to_json(intent)).
+    """
+
+    def __init__(self) -> None:
+        self._fragments: dict[int, tuple[object, bytes]] = {}
+
+    def _fragment(self, obj: Any, to_obj: Any) -> bytes:
+        hit = self._fragments.get(id(obj))
+        if hit is not None and hit[0] is obj:
+            return hit[1]
+        data = canonical_json(to_obj(obj))
+        self._fragments[id(obj)] = (obj, data)  # holding obj keeps its id from being reused
+        return data
+
+    def encode(self, intent: ClusterIntent) -> tuple[str, bytes]:
+        """Return (version, canonical bytes) of an intent."""
+        content = b"".join([
+            b'{"cluster":', canonical_json(_cluster_json(intent.cluster)),
+            b',"schema":', canonical_json(SCHEMA),
+            b',"services":[', b",".join(self._fragment(s, _service_json) for s in intent.services),
+            b'],"traffic":[', b",".join(self._fragment(t, _traffic_json) for t in intent.traffic),
+            b"]}",
+        ])
+        return version_of(content), content
+
+
 def encode(intent: ClusterIntent) -> tuple[str, bytes]:
     """Return (version, canonical bytes) of an intent."""
-    content = canonical_json(to_json(intent))
-    return version_of(content), content
+    return Encoder().encode(intent)
 
 
 def decode(version: str, content: bytes, media_type: str = MEDIA_TYPE) -> ClusterIntent:
@@ -131,33 +160,34 @@ def to_json(intent: ClusterIntent) -> dict[str, Any]:
     return {
         "schema": SCHEMA,
         "cluster": _cluster_json(intent.cluster),
-        "services": [
+        "services": [_service_json(s) for s in intent.services],
+        "traffic": [_traffic_json(t) for t in intent.traffic],
+    }
+
+
+def _service_json(s: ServiceIntent) -> dict[str, Any]:
+    return {
+        "namespace": s.namespace,
+        "name": s.name,
+        "ports": [{"name": p.name, "number": p.number, "protocol": p.protocol} for p in s.ports],
+        "backends": [
             {
-                "namespace": s.namespace,
-                "name": s.name,
-                "ports": [{"name": p.name, "number": p.number, "protocol": p.protocol} for p in s.ports],
-                "backends": [
-                    {
-                        "cluster": _cluster_json(b.cluster),
-                        "local": b.local,
-                        "address": b.address,
-                        "port": b.port,
-                        "subsets": [{"name": x.name, "labels": dict(x.labels)} for x in b.subsets],
-                    }
-                    for b in s.backends
-                ],
+                "cluster": _cluster_json(b.cluster),
+                "address": b.address,
+                "port": b.port,
+                "subsets": [{"name": x.name, "labels": dict(x.labels)} for x in b.subsets],
             }
-            for s in intent.services
+            for b in s.backends
         ],
-        "traffic": [
-            {
-                "policy": t.policy,
-                "namespace": t.namespace,
-                "service": t.service,
-                "targets": [{"cluster": w.cluster, "weight": w.weight} for w in t.targets],
-            }
-            for t in intent.traffic
-        ],
+    }
+
+
+def _traffic_json(t: TrafficSplit) -> dict[str, Any]:
+    return {
+        "policy": t.policy,
+        "namespace": t.namespace,
+        "service": t.service,
+        "targets": [{"cluster": w.cluster, "weight": w.weight} for w in t.targets],
     }
 
 
@@ -190,9 +220,6 @@ class _Reader:
     def integer(self, key: str) -> int:
         return int(self.get(key, int))
 
-    def flag(self, key: str) -> bool:
-        return bool(self.get(key, bool))
-
     def obj(self, key: str) -> _Reader:
         return _Reader(self.get(key, dict), f"{self.path}{key}.")
 
@@ -223,7 +250,6 @@ def from_json(doc: Any) -> ClusterIntent:
             backends=tuple(
                 Backend(
                     cluster=_cluster(b.obj("cluster")),
-                    local=b.flag("local"),
                     address=b.text("address"),
                     port=b.integer("port"),
                     subsets=tuple(Subset(x.text("name"), x.labels("labels")) for x in b.items("subsets")),

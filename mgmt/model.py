@@ -51,9 +51,12 @@ class TrafficPolicy:
 
 @dataclass(frozen=True)
 class Snapshot:
+    """Immutable input of a translation; `memo` holds what translate derives from it once for all clusters."""
+
     clusters: Mapping[str, ClusterRef]
     discovery: Mapping[str, Discovery]
     policies: tuple[TrafficPolicy, ...]
+    memo: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 class DiscoveryError(ValueError):

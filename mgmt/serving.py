@@ -20,7 +20,7 @@ import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from meshfleet.intents import MEDIA_TYPE, PROTOCOL_VERSION, ClusterRef, encode
+from meshfleet.intents import MEDIA_TYPE, PROTOCOL_VERSION, ClusterRef, Encoder
 from meshfleet.names import dns1123_label_error
 from meshfleet.v1 import hub_pb2, hub_pb2_grpc
 from mgmt.identities import (
@@ -98,6 +98,7 @@ class Hub(hub_pb2_grpc.HubServicer):
         self._deadlines: dict[str, asyncio.TimerHandle] = {}
         self._dirty_status = False
         self._recompute_handle: asyncio.TimerHandle | None = None
+        self._last_recompute = float("-inf")
         self._tasks: list[asyncio.Task[None]] = []
         self._server: grpc.aio.Server | None = None
         self.port = 0
@@ -179,10 +180,14 @@ class Hub(hub_pb2_grpc.HubServicer):
 
     # translation ------------------------------------------------------------------------------
     def mark_dirty(self) -> None:
-        """Ask for a translation; a burst of calls within `debounce` costs one."""
+        """Ask for a translation: at once after a quiet period, else coalesced until `debounce` has passed.
+
+        The first change of a burst is not delayed; the rest of the burst costs one more translation.
+        """
         if self._recompute_handle is None:
             loop = asyncio.get_running_loop()
-            self._recompute_handle = loop.call_later(self.settings.debounce, self._recompute)
+            delay = max(0.0, self._last_recompute + self.settings.debounce - time.monotonic())
+            self._recompute_handle = loop.call_later(delay, self._recompute)
 
     def snapshot(self) -> Snapshot:
         return Snapshot(clusters=dict(self.clusters), discovery=dict(self.discovery),
@@ -190,12 +195,14 @@ class Hub(hub_pb2_grpc.HubServicer):
 
     def _recompute(self) -> None:
         self._recompute_handle = None
+        self._last_recompute = time.monotonic()
         snapshot = self.snapshot()
         problems: set[Problem] = set()
+        encoder = Encoder()
         for name in sorted(snapshot.clusters):
             result = translate(snapshot, name)
             problems.update(result.problems)
-            version, content = encode(result.intent)
+            version, content = encoder.encode(result.intent)
             current = self.intents.get(name)
             if current is None or current.version != version:
                 self.intents[name] = Intent(version, content)

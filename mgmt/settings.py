@@ -31,7 +31,7 @@ class HubSettings:
     nack_backoff_max: float = 60.0
     """Cap of the NACK backoff."""
     debounce: float = 0.05
-    """Bursts of changes within this window cost one translation."""
+    """Minimum spacing of translations: the first change runs at once, the rest of a burst is coalesced."""
     poll_interval: float = 1.0
     """How often the policy directory and the cluster registry are checked for changes."""
     status_flush_interval: float = 0.5

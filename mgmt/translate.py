@@ -1,8 +1,8 @@
 """translate(snapshot, cluster) -> what that cluster must know (pure: no I/O, no clock).
 
 A cluster receives a policy when it is one of the policy's clients, and with it
-the destination service and every cluster backing that service: its own copy
-(local) and the remote ones, reached through their east-west gateways.
+the destination service and every cluster backing that service, with the
+address of its east-west gateway (a cluster reaches its own copy directly).
 """
 
 from __future__ import annotations
@@ -53,24 +53,69 @@ def redistribute(weights: Iterable[tuple[str, int]]) -> tuple[WeightedTarget, ..
     return tuple(WeightedTarget(c, floors[c]) for c, _ in items)
 
 
-def _backends(snapshot: Snapshot, cluster: str, namespace: str, service: str,
-              problems: list[Problem], policy: str) -> tuple[Backend, ...]:
-    backends = []
-    for name in sorted(snapshot.clusters):
-        report = snapshot.discovery.get(name)
-        found = report.services.get((namespace, service)) if report else None
-        if report is None or found is None:
-            continue
-        ref = snapshot.clusters[name]
-        if name == cluster:
-            backends.append(Backend(ref, local=True, subsets=found.subsets))
-        elif report.gateway_address:
-            backends.append(Backend(ref, local=False, address=report.gateway_address,
-                                    port=report.gateway_port, subsets=found.subsets))
+def _catalog(snapshot: Snapshot, namespace: str, service: str
+             ) -> tuple[tuple[Backend, ...], tuple[Backend, ...], tuple[str, ...]]:
+    """(backends reachable through a gateway, backends without one, problems) of a service.
+
+    Cluster-independent, so it is computed once per snapshot and the resulting
+    objects are shared by every client (and encoded once, see intents.Encoder).
+    """
+    key = ("catalog", namespace, service)
+    if key not in snapshot.memo:
+        reachable: list[Backend] = []
+        gatewayless: list[Backend] = []
+        problems: list[str] = []
+        for name in sorted(snapshot.clusters):
+            report = snapshot.discovery.get(name)
+            found = report.services.get((namespace, service)) if report else None
+            if report is None or found is None:
+                continue
+            backend = Backend(snapshot.clusters[name], report.gateway_address, report.gateway_port, found.subsets)
+            (reachable if report.gateway_address else gatewayless).append(backend)
+            if not report.gateway_address:
+                problems.append(f"cluster {name} backs {namespace}/{service} but reports no east-west gateway "
+                                "address; only its own clients reach it")
+        snapshot.memo[key] = (tuple(reachable), tuple(gatewayless), tuple(problems))
+    result: tuple[tuple[Backend, ...], tuple[Backend, ...], tuple[str, ...]] = snapshot.memo[key]
+    return result
+
+
+def _service(snapshot: Snapshot, cluster: str, namespace: str, name: str) -> ServiceIntent | None:
+    """The service as `cluster` sees it: every reachable backend, plus its own copy if that has no gateway."""
+    reachable, gatewayless, _ = _catalog(snapshot, namespace, name)
+    own = next((b for b in gatewayless if b.cluster.name == cluster), None)
+    key = ("service", namespace, name, own is not None and cluster)
+    if key not in snapshot.memo:
+        backends = tuple(sorted((*reachable, own), key=lambda b: b.cluster.name)) if own else reachable
+        if not backends:
+            snapshot.memo[key] = None
         else:
-            problems.append(Problem(policy, f"cluster {name} backs {namespace}/{service} but reports no "
-                                            "east-west gateway address; it is left out"))
-    return tuple(backends)
+            first = backends[0].cluster.name
+            ports = snapshot.discovery[first].services[(namespace, name)].ports
+            snapshot.memo[key] = ServiceIntent(namespace, name, ports, backends)
+    service: ServiceIntent | None = snapshot.memo[key]
+    return service
+
+
+def _split(snapshot: Snapshot, policy: TrafficPolicy, service: ServiceIntent) -> tuple[TrafficSplit | None, list[str]]:
+    available = {b.cluster.name for b in service.backends}
+    key = ("split", policy.key, frozenset(available))
+    if key not in snapshot.memo:
+        problems = []
+        for target in policy.route:
+            if target.cluster not in snapshot.clusters:
+                problems.append(f"route names unknown cluster {target.cluster!r}")
+            elif target.cluster not in available and target.weight > 0:
+                problems.append(f"cluster {target.cluster} has no reachable backend of "
+                                f"{policy.namespace}/{policy.service}; its weight goes to the others")
+        targets = redistribute((t.cluster, t.weight) for t in policy.route if t.cluster in available)
+        split = TrafficSplit(policy.key, policy.namespace, policy.service, targets) if targets else None
+        if split is None:
+            # exporting the service without its route would spread traffic over clusters the policy excludes
+            problems.append("no weighted route target is reachable; the policy is not applied")
+        snapshot.memo[key] = (split, problems)
+    result: tuple[TrafficSplit | None, list[str]] = snapshot.memo[key]
+    return result
 
 
 def translate(snapshot: Snapshot, cluster: str) -> Translation:
@@ -89,27 +134,17 @@ def translate(snapshot: Snapshot, cluster: str) -> Translation:
                                                 f"wins); not applied in {cluster}"))
             continue
         owners[dest] = policy.key
-        backends = _backends(snapshot, cluster, *dest, problems, policy.key)
-        if not backends:
+        problems.extend(Problem(policy.key, m) for m in _catalog(snapshot, *dest)[2])
+        service = _service(snapshot, cluster, *dest)
+        if service is None:
             problems.append(Problem(policy.key, f"no cluster reports service {dest[0]}/{dest[1]}; "
                                                 "nothing to route to"))
             continue
-        available = {b.cluster.name for b in backends}
-        for target in policy.route:
-            if target.cluster not in snapshot.clusters:
-                problems.append(Problem(policy.key, f"route names unknown cluster {target.cluster!r}"))
-            elif target.cluster not in available and target.weight > 0:
-                problems.append(Problem(policy.key, f"cluster {target.cluster} has no reachable backend of "
-                                                    f"{dest[0]}/{dest[1]}; its weight goes to the others"))
-        targets = redistribute((t.cluster, t.weight) for t in policy.route if t.cluster in available)
-        if not targets:
-            # exporting the service without its route would spread traffic over clusters the policy excludes
-            problems.append(Problem(policy.key, "no weighted route target is reachable; the policy is not applied"))
-            continue
-        first = next((b for b in backends if b.local), backends[0])
-        ports = snapshot.discovery[first.cluster.name].services[dest].ports
-        services[dest] = ServiceIntent(dest[0], dest[1], ports, backends)
-        traffic.append(TrafficSplit(policy.key, dest[0], dest[1], targets))
+        split, messages = _split(snapshot, policy, service)
+        problems.extend(Problem(policy.key, m) for m in messages)
+        if split is not None:
+            services[dest] = service
+            traffic.append(split)
     intent = ClusterIntent(
         cluster=me,
         services=tuple(services[k] for k in sorted(services)),

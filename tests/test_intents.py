@@ -15,12 +15,14 @@ from meshfleet.intents import (
     Backend,
     ClusterIntent,
     ClusterRef,
+    Encoder,
     IntentError,
     Port,
     ServiceIntent,
     Subset,
     TrafficSplit,
     WeightedTarget,
+    canonical_json,
     decode,
     encode,
     to_json,
@@ -32,11 +34,11 @@ INTENT = ClusterIntent(
     cluster=US,
     services=(
         ServiceIntent("bookinfo", "reviews", (Port("http", 9080, "HTTP"), Port("grpc", 9090, "GRPC")), (
-            Backend(EU, local=False, address="eastwest.eu-west-1.example", port=15443,
+            Backend(EU, address="eastwest.eu-west-1.example", port=15443,
                     subsets=(Subset("v3", {"version": "v3", "équipe": "ünïcode"}),)),
-            Backend(US, local=True, subsets=(Subset("v1", {"version": "v1"}), Subset("v2", {}))),
+            Backend(US, subsets=(Subset("v1", {"version": "v1"}), Subset("v2", {}))),
         )),
-        ServiceIntent("bookinfo", "ratings", (Port("tcp", 5432, "TCP"),), (Backend(US, local=True),)),
+        ServiceIntent("bookinfo", "ratings", (Port("tcp", 5432, "TCP"),), (Backend(US),)),
     ),
     traffic=(TrafficSplit("bookinfo/reviews-split", "bookinfo", "reviews",
                           (WeightedTarget("us-east-1", 80), WeightedTarget("eu-west-1", 20))),),
@@ -160,8 +162,8 @@ def _delete(path: str) -> Callable[[dict[str, Any]], None]:
     [
         pytest.param(_delete("cluster"), "malformed intent: cluster: missing", id="missing-cluster"),
         pytest.param(_delete("traffic"), "malformed intent: traffic: missing", id="missing-traffic"),
-        pytest.param(_delete("services/0/backends/1/local"), "malformed intent: services[0].backends[1].local: missing",
-                     id="missing-nested-flag"),
+        pytest.param(_delete("services/0/backends/1/port"), "malformed intent: services[0].backends[1].port: missing",
+                     id="missing-nested-port"),
         pytest.param(_delete("cluster/network"), "malformed intent: cluster.network: missing", id="missing-network"),
         pytest.param(_set("services/0/ports/1/number", "9090"),
                      "malformed intent: services[0].ports[1].number: expected int, got str", id="port-as-string"),
@@ -172,8 +174,8 @@ def _delete(path: str) -> Callable[[dict[str, Any]], None]:
                      id="bool-for-int-weight"),
         pytest.param(_set("traffic/0/targets/0/weight", 80.0),
                      "malformed intent: traffic[0].targets[0].weight: expected int, got float", id="float-for-int"),
-        pytest.param(_set("services/0/backends/0/local", 0),
-                     "malformed intent: services[0].backends[0].local: expected bool, got int", id="int-for-bool"),
+        pytest.param(_set("services/0/backends/0/address", 0),
+                     "malformed intent: services[0].backends[0].address: expected str, got int", id="int-for-str"),
         pytest.param(_set("services", {}), "malformed intent: services: expected list, got dict",
                      id="services-not-list"),
         pytest.param(_set("services/1/name", None), "malformed intent: services[1].name: expected str, got NoneType",
@@ -206,3 +208,14 @@ def test_decode_accepts_non_canonical_bytes_whose_hash_matches() -> None:
     version, content = _push(to_json(INTENT))
     assert content != encode(INTENT)[1]
     assert decode(version, content) == INTENT
+
+
+def test_encoder_output_is_the_canonical_serialization() -> None:
+    """The batch encoder splices shared fragments; its bytes must equal a full canonical dump."""
+    shared = INTENT.services[0]
+    other = ClusterIntent(cluster=EU, services=(shared,), traffic=INTENT.traffic)
+    encoder = Encoder()
+    for intent in (INTENT, other, ClusterIntent(cluster=US), INTENT):
+        version, content = encoder.encode(intent)
+        assert content == canonical_json(to_json(intent))
+        assert version == hashlib.sha256(content).hexdigest()

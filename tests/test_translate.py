@@ -77,48 +77,41 @@ def targets(*pairs: tuple[str, int]) -> tuple[WeightedTarget, ...]:
 # --- the nominal case: one split, rendered for every client cluster --------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("client", "local"),
-    [
-        pytest.param(US, US, id="us-east-1-runs-one-copy-locally"),
-        pytest.param(EU, EU, id="eu-west-1-runs-the-other-copy-locally"),
-        pytest.param(AP, None, id="ap-south-1-reaches-both-through-gateways"),
-    ],
-)
-def test_split_80_20_is_rendered_for_every_client_cluster(client: str, local: str | None) -> None:
+@pytest.mark.parametrize("client", [
+    pytest.param(US, id="us-east-1-runs-one-copy"),
+    pytest.param(EU, id="eu-west-1-runs-the-other-copy"),
+    pytest.param(AP, id="ap-south-1-runs-none"),
+])
+def test_split_80_20_is_rendered_for_every_client_cluster(client: str) -> None:
     result = translate(snapshot(SPLIT_80_20), client)
 
     assert result.problems == ()
     assert result.intent.cluster == CLUSTERS[client]
     [svc] = result.intent.services
     assert (svc.namespace, svc.name, svc.ports) == (NS, "reviews", HTTP)
-    expected = []
-    for name, found in ((EU, REVIEWS_EU), (US, REVIEWS_US)):  # backends come sorted by cluster name
-        if name == local:
-            expected.append(Backend(CLUSTERS[name], local=True, subsets=found.subsets))
-        else:
-            expected.append(Backend(CLUSTERS[name], local=False, address=gateway(name), port=EAST_WEST_PORT,
-                                    subsets=found.subsets))
-    assert svc.backends == tuple(expected)
+    # backends come sorted by cluster name, each with its gateway; the client spots its own copy by name
+    expected = tuple(Backend(CLUSTERS[name], address=gateway(name), port=EAST_WEST_PORT, subsets=found.subsets)
+                     for name, found in ((EU, REVIEWS_EU), (US, REVIEWS_US)))
+    assert svc.backends == expected
     split = TrafficSplit("bookinfo/reviews-split", NS, "reviews", targets((US, 80), (EU, 20)))
     assert result.intent.traffic == (split,)
+
+
+def test_every_client_shares_one_service_object() -> None:
+    """What makes encoding a fleet cost one serialization per service (intents.Encoder)."""
+    snap = snapshot(SPLIT_80_20)
+    services = {id(translate(snap, c).intent.services[0]) for c in (US, EU, AP)}
+    assert len(services) == 1
 
 
 def test_remote_backend_carries_network_and_locality_of_its_cluster() -> None:
     [svc] = translate(snapshot(SPLIT_80_20), AP).intent.services
     remote = {b.cluster.name: b for b in svc.backends}
-    assert not remote[US].local
     assert (remote[US].cluster.network, remote[US].cluster.region, remote[US].cluster.zone) == (
         "net-us-east", "us-east", "us-east-1a")
     assert remote[US].cluster.locality == "us-east/us-east-1a"
     assert (remote[EU].address, remote[EU].port, remote[EU].cluster.network) == (
         gateway(EU), EAST_WEST_PORT, "net-eu-west")
-
-
-def test_local_backend_has_no_gateway_address() -> None:
-    [svc] = translate(snapshot(SPLIT_80_20), US).intent.services
-    [local] = [b for b in svc.backends if b.local]
-    assert (local.cluster.name, local.address, local.port) == (US, "", 0)
 
 
 # --- clients.clusters scoping -----------------------------------------------------------------------------------
@@ -204,7 +197,8 @@ PROBLEM_CASES = [
         client=EU, services=("reviews",),
         discovery={**DEFAULT_DISCOVERY, EU: discovery(EU, REVIEWS_EU, address="")},
         traffic={"bookinfo/reviews-split": targets((US, 80), (EU, 20))},
-        problems=(),
+        # still worth reporting: every other client loses that backend
+        problems=(("bookinfo/reviews-split", "only its own clients reach it"),),
         backends=(EU, US),
     ), id="own-copy-needs-no-gateway"),
     pytest.param(Case(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -230,3 +231,18 @@ def test_creates_the_root_directory(tmp_path: Path) -> None:
     root = tmp_path / "out" / "cluster-a"
     DirectorySink(root).apply([SE])
     assert (root / relative_path(SE)).is_file()
+
+
+def test_fast_yaml_emitter_writes_the_same_bytes_as_the_pure_python_one(tmp_path: Path) -> None:
+    for obj in (SE, DR):
+        assert to_yaml(obj) == to_yaml(obj, yaml.SafeDumper)
+
+
+def test_an_object_changed_since_the_last_apply_is_rewritten(tmp_path: Path) -> None:
+    sink = DirectorySink(tmp_path)
+    sink.apply([SE, DR])
+    changed = copy.deepcopy(DR)
+    changed["spec"]["host"] = "other.bookinfo.global"
+    result = sink.apply([SE, changed])
+    assert (result.written, result.unchanged) == (1, 1)
+    assert "other.bookinfo.global" in next(tmp_path.rglob("destinationrule-*.yaml")).read_text()

@@ -11,7 +11,7 @@ from meshfleet.intents import ServiceIntent
 def render(service: ServiceIntent, ctx: RenderContext) -> dict[str, Any]:
     endpoints = []
     for b in service.backends:
-        if b.local:
+        if b.cluster.name == ctx.cluster:
             address = ctx.local_host(service.namespace, service.name)
             ports = {p.name: p.number for p in service.ports}
         else:

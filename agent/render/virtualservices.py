@@ -13,7 +13,7 @@ HTTP_PROTOCOLS = frozenset({"HTTP", "HTTP2", "GRPC"})
 def render(service: ServiceIntent, split: TrafficSplit, ctx: RenderContext) -> dict[str, Any]:
     host = global_host(service.namespace, service.name)
     hosts = [host]
-    if any(b.local for b in service.backends):
+    if any(b.cluster.name == ctx.cluster for b in service.backends):
         # clients here call the plain service name; shift that traffic too
         hosts.append(ctx.local_host(service.namespace, service.name))
     route = [{"destination": {"host": host, "subset": t.cluster}, "weight": t.weight} for t in split.targets]
