@@ -270,29 +270,31 @@ class Agent:
                         sent_unix_ms=int(time.time() * 1000))))
 
         next_beat = [time.monotonic() + s.heartbeat_interval]
-        tasks = [asyncio.create_task(write()), asyncio.create_task(tick())]
-        try:
+        last_heard = [time.monotonic()]
+
+        async def read() -> None:
             while True:
-                reading = asyncio.ensure_future(call.read())
-                tasks.append(reading)  # so the finally below always reaps it
-                done, _ = await asyncio.wait({reading, *tasks}, timeout=s.stream_timeout,
-                                             return_when=asyncio.FIRST_COMPLETED)
-                tasks.remove(reading)
-                if reading not in done:
-                    reading.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
-                        await reading
-                    for t in done:
-                        t.result()  # a writer failure surfaces here
-                    raise TimeoutError
-                msg = reading.result()
+                msg = await call.read()
                 if msg is grpc.aio.EOF:  # type: ignore[attr-defined]
                     return
+                last_heard[0] = time.monotonic()
                 self.connected.set()
                 if msg.WhichOneof("kind") == "intent":
                     self.received.append(msg.intent.version)
-                    answer = await asyncio.to_thread(self.apply, msg.intent)
-                    await outbox.put(answer)
+                    await outbox.put(await self.handle_intent(msg.intent))
+
+        async def watchdog() -> None:
+            while True:
+                silent = time.monotonic() - last_heard[0]
+                if silent > s.stream_timeout:
+                    raise TimeoutError
+                await asyncio.sleep(s.stream_timeout - silent + 0.01)
+
+        tasks = [asyncio.create_task(f()) for f in (read, write, tick, watchdog)]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for t in done:
+                t.result()  # the hub's status (AioRpcError) or the watchdog's TimeoutError
         finally:
             for t in tasks:
                 t.cancel()
@@ -301,6 +303,10 @@ class Agent:
                                          grpc.aio.UsageError, asyncio.InvalidStateError):
                     await t
             call.cancel()
+
+    async def handle_intent(self, push: hub_pb2.IntentPush) -> hub_pb2.AgentMessage:
+        """Apply a push off the event loop (rendering and file writes block); the answer to send."""
+        return await asyncio.to_thread(self.apply, push)
 
 
 def describe(agent: Agent) -> dict[str, Any]:

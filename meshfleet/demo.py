@@ -68,7 +68,7 @@ class Fleet:
     """A hub and its agents in this event loop; used by the demo, tests and benchmarks."""
 
     def __init__(self, workdir: Path, clusters: list[DemoCluster], policies: Path,
-                 heartbeat: float = 1.0, grace: float = 5.0) -> None:
+                 heartbeat: float = 1.0, grace: float = 5.0, agent_class: type[Agent] = Agent) -> None:
         self.workdir = workdir
         self.clusters = clusters
         self.hub = Hub(HubSettings(state_dir=workdir / "hub", listen="127.0.0.1:0",
@@ -76,6 +76,7 @@ class Fleet:
                                    heartbeat_interval=heartbeat, liveness_grace=grace,
                                    stream_timeout=4 * heartbeat, poll_interval=0.2))
         self.heartbeat = heartbeat
+        self.agent_class = agent_class
         self.agents: dict[str, Agent] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.tokens: dict[str, str] = {}
@@ -104,7 +105,7 @@ class Fleet:
                              poll_interval=0.2)
 
     def start_agent(self, cluster: str) -> Agent:
-        agent = Agent(self.agent_settings(cluster))
+        agent = self.agent_class(self.agent_settings(cluster))
         self.agents[cluster] = agent
         self.tasks[cluster] = asyncio.create_task(agent.run(), name=f"agent-{cluster}")
         return agent
