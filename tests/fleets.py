@@ -18,6 +18,7 @@ from meshfleet.demo import EXAMPLES, Fleet, demo_clusters
 from meshfleet.v1 import hub_pb2_grpc
 
 T = TypeVar("T")
+EOF: object = grpc.aio.EOF  # type: ignore[attr-defined]  # missing from grpc-stubs
 
 
 def run(coro: Awaitable[T]) -> T:

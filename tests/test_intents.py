@@ -71,9 +71,9 @@ def test_version_is_sha256_of_canonical_bytes() -> None:
 
 
 def test_same_intent_from_differently_ordered_labels_has_the_same_version() -> None:
-    a = ClusterIntent(US, (ServiceIntent("ns", "svc", (), (Backend(US, True, subsets=(
+    a = ClusterIntent(US, (ServiceIntent("ns", "svc", (), (Backend(US, "gw", 15443, subsets=(
         Subset("v1", {"a": "1", "b": "2", "c": "3"}),)),)),))
-    b = ClusterIntent(US, (ServiceIntent("ns", "svc", (), (Backend(US, True, subsets=(
+    b = ClusterIntent(US, (ServiceIntent("ns", "svc", (), (Backend(US, "gw", 15443, subsets=(
         Subset("v1", {"c": "3", "b": "2", "a": "1"}),)),)),))
     assert encode(a) == encode(b)
 

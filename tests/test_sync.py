@@ -24,6 +24,7 @@ from mgmt import identities
 from mgmt.enrollment import add_cluster, issue_token
 from mgmt.serving import Hub
 from tests.fleets import (
+    EOF,
     agent_channel,
     bootstrap_channel,
     make_fleet,
@@ -63,8 +64,9 @@ def csr_pem(cluster: str) -> bytes:
 
 async def register(fleet_hub_channel: grpc.aio.Channel, cluster: str, token: str) -> hub_pb2.RegisterResponse:
     credential = jointokens.parse(token).credential if token.startswith("mft1.") else token
-    return await stub(fleet_hub_channel).Register(
+    response: hub_pb2.RegisterResponse = await stub(fleet_hub_channel).Register(
         hub_pb2.RegisterRequest(cluster=cluster, token=credential, csr_pem=csr_pem(cluster)), timeout=10)
+    return response
 
 
 def test_bootstrap_issues_identity_and_keeps_keys_private(tmp_path: Path) -> None:
@@ -199,8 +201,8 @@ def test_sync_refuses_wrong_identity_or_protocol(tmp_path: Path, message: hub_pb
                 with pytest.raises(grpc.aio.AioRpcError) as err:
                     while True:
                         msg = await call.read()
-                        assert msg is grpc.aio.EOF or msg.WhichOneof("kind") != "intent", "intent leaked"
-                        if msg is grpc.aio.EOF:
+                        assert msg is EOF or msg.WhichOneof("kind") != "intent", "intent leaked"
+                        if msg is EOF:
                             break
                 assert err.value.code() == code
                 assert text in (err.value.details() or "")
@@ -221,7 +223,7 @@ def test_discovery_for_another_cluster_is_refused(tmp_path: Path) -> None:
                 await call.write(hub_pb2.AgentMessage(discovery=hub_pb2.DiscoveryReport(
                     cluster="eu-west-1", gateway=hub_pb2.Gateway(address="evil.example", port=15443))))
                 with pytest.raises(grpc.aio.AioRpcError) as err:
-                    while await call.read() is not grpc.aio.EOF:
+                    while await call.read() is not EOF:
                         pass
                 assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
                 assert "cannot report for 'eu-west-1'" in (err.value.details() or "")
@@ -366,7 +368,7 @@ def test_watchdog_ends_a_silent_stream(tmp_path: Path) -> None:
                     cluster="us-east-1", protocol_version=PROTOCOL_VERSION)))
                 started = time.monotonic()
                 with pytest.raises(grpc.aio.AioRpcError) as err:
-                    while await call.read() is not grpc.aio.EOF:
+                    while await call.read() is not EOF:
                         pass
                 assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
                 assert "watchdog" in (err.value.details() or "")
@@ -397,4 +399,27 @@ def test_agent_without_identity_or_token_fails_clearly(tmp_path: Path) -> None:
         with pytest.raises(AgentFatal, match="malformed join token"):
             await agent.run()
         fleet.hub.registry.close()
+    run(scenario())
+
+
+def test_malformed_discovery_report_keeps_the_previous_one(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running_fleet(tmp_path) as fleet:
+            before = fleet.hub.discovery["us-east-1"]
+            await fleet.stop_agent("us-east-1")
+            async with agent_channel(fleet, "us-east-1") as channel:
+                call = stub(channel).Sync()
+                await call.write(hub_pb2.AgentMessage(hello=hub_pb2.Hello(
+                    cluster="us-east-1", protocol_version=PROTOCOL_VERSION,
+                    applied_version=fleet.hub.intents["us-east-1"].version)))
+                await call.write(hub_pb2.AgentMessage(discovery=hub_pb2.DiscoveryReport(
+                    cluster="us-east-1", gateway=hub_pb2.Gateway(address="gw", port=15443),
+                    services=[hub_pb2.Service(namespace="Bad_NS", name="x",
+                                              ports=[hub_pb2.ServicePort(name="http", number=80)])])))
+                await call.write(hub_pb2.AgentMessage(heartbeat=hub_pb2.Heartbeat()))
+                await until(lambda: "us-east-1" in fleet.hub.sessions, what="session")
+                await asyncio.sleep(0.3)
+                assert fleet.hub.discovery["us-east-1"] == before
+                assert "us-east-1" in fleet.hub.sessions  # a bad report is refused, the stream stays
+                call.cancel()
     run(scenario())

@@ -1,0 +1,68 @@
+"""The agent's apply step: corrupt or foreign pushes are NACKed with the reason and change nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent.settings import AgentSettings
+from agent.syncing import Agent, AppliedCache, backoff_delay
+from meshfleet.intents import MEDIA_TYPE, ClusterIntent, ClusterRef, encode
+from meshfleet.v1 import hub_pb2
+from tests.fleets import tree
+
+ME = ClusterRef("us-east-1", "us-east", "us-east-1a", "net-us-east")
+
+
+def agent(tmp_path: Path) -> Agent:
+    return Agent(AgentSettings(hub="127.0.0.1:1", cluster="us-east-1", state_dir=tmp_path / "state",
+                               inventory=tmp_path / "inventory.yaml", output=tmp_path / "out"))
+
+
+def push(version: str, content: bytes, media: str = MEDIA_TYPE) -> hub_pb2.IntentPush:
+    return hub_pb2.IntentPush(version=version, content=content, content_type=media)
+
+
+def flipped(content: bytes) -> bytes:
+    return content[:10] + bytes([content[10] ^ 1]) + content[11:]
+
+
+@pytest.mark.parametrize("make, reason", [
+    pytest.param(lambda v, c: push(v, flipped(c)), "corrupt intent: content hashes to", id="flipped-byte"),
+    pytest.param(lambda v, c: push(v, c, "application/json"), "unsupported intent media type", id="media-type"),
+    pytest.param(lambda v, c: push(*encode(ClusterIntent(ClusterRef("eu-west-1", "eu", "eu-a", "n")))),
+                 "intent is for cluster 'eu-west-1', not 'us-east-1'", id="other-cluster"),
+])
+def test_bad_push_is_nacked_and_changes_nothing(tmp_path: Path, make: object, reason: str) -> None:
+    a = agent(tmp_path)
+    good = encode(ClusterIntent(ME))
+    assert a.apply(push(*good)).WhichOneof("kind") == "ack"
+    before, applied = tree(tmp_path / "out"), a.applied_version
+    answer = a.apply(make(*good))  # type: ignore[operator]
+    assert answer.WhichOneof("kind") == "nack"
+    assert reason in answer.nack.error
+    assert tree(tmp_path / "out") == before
+    assert a.applied_version == applied == good[0]
+    assert AppliedCache(tmp_path / "state").load() is not None
+
+
+def test_applied_intent_survives_a_restart(tmp_path: Path) -> None:
+    a = agent(tmp_path)
+    version, content = encode(ClusterIntent(ME))
+    a.apply(push(version, content))
+    assert agent(tmp_path).applied_version == version
+
+
+def test_a_tampered_cache_is_ignored_not_trusted(tmp_path: Path) -> None:
+    a = agent(tmp_path)
+    a.apply(push(*encode(ClusterIntent(ME))))
+    cache = tmp_path / "state" / "applied-intent.json"
+    cache.write_text(cache.read_text().replace('"version": "', '"version": "0'))
+    assert agent(tmp_path).applied_version == ""  # the hub will simply push again
+
+
+@pytest.mark.parametrize("attempt", range(8))
+def test_backoff_is_full_jitter_capped(attempt: int) -> None:
+    assert backoff_delay(attempt, 0.5, 30.0, lambda: 1.0) == min(30.0, 0.5 * 2**attempt)
+    assert backoff_delay(attempt, 0.5, 30.0, lambda: 0.0) == 0.0
