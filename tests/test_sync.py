@@ -18,6 +18,7 @@ from cryptography.x509.oid import NameOID
 from agent.syncing import Agent, AgentFatal
 from meshfleet import jointokens
 from meshfleet.cli import main
+from meshfleet.demo import Fleet
 from meshfleet.intents import PROTOCOL_VERSION
 from meshfleet.v1 import hub_pb2
 from mgmt import identities
@@ -67,6 +68,15 @@ async def register(fleet_hub_channel: grpc.aio.Channel, cluster: str, token: str
     response: hub_pb2.RegisterResponse = await stub(fleet_hub_channel).Register(
         hub_pb2.RegisterRequest(cluster=cluster, token=credential, csr_pem=csr_pem(cluster)), timeout=10)
     return response
+
+
+async def in_sync_stream(fleet: Fleet, channel: grpc.aio.Channel, cluster: str
+                         ) -> grpc.aio.StreamStreamCall[hub_pb2.AgentMessage, hub_pb2.HubMessage]:
+    """A hand-driven Sync stream of `cluster`'s identity, hello sent with the current version applied."""
+    call: grpc.aio.StreamStreamCall[hub_pb2.AgentMessage, hub_pb2.HubMessage] = stub(channel).Sync()
+    await call.write(hub_pb2.AgentMessage(hello=hub_pb2.Hello(
+        cluster=cluster, protocol_version=PROTOCOL_VERSION, applied_version=fleet.hub.intents[cluster].version)))
+    return call
 
 
 def test_bootstrap_issues_identity_and_keeps_keys_private(tmp_path: Path) -> None:
@@ -216,10 +226,7 @@ def test_discovery_for_another_cluster_is_refused(tmp_path: Path) -> None:
             discovery_before = fleet.hub.discovery["eu-west-1"]
             await fleet.stop_agent("us-east-1")
             async with agent_channel(fleet, "us-east-1") as channel:
-                call = stub(channel).Sync()
-                await call.write(hub_pb2.AgentMessage(hello=hub_pb2.Hello(
-                    cluster="us-east-1", protocol_version=PROTOCOL_VERSION,
-                    applied_version=fleet.hub.intents["us-east-1"].version)))
+                call = await in_sync_stream(fleet, channel, "us-east-1")
                 await call.write(hub_pb2.AgentMessage(discovery=hub_pb2.DiscoveryReport(
                     cluster="eu-west-1", gateway=hub_pb2.Gateway(address="evil.example", port=15443))))
                 with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -408,10 +415,7 @@ def test_malformed_discovery_report_keeps_the_previous_one(tmp_path: Path) -> No
             before = fleet.hub.discovery["us-east-1"]
             await fleet.stop_agent("us-east-1")
             async with agent_channel(fleet, "us-east-1") as channel:
-                call = stub(channel).Sync()
-                await call.write(hub_pb2.AgentMessage(hello=hub_pb2.Hello(
-                    cluster="us-east-1", protocol_version=PROTOCOL_VERSION,
-                    applied_version=fleet.hub.intents["us-east-1"].version)))
+                call = await in_sync_stream(fleet, channel, "us-east-1")
                 await call.write(hub_pb2.AgentMessage(discovery=hub_pb2.DiscoveryReport(
                     cluster="us-east-1", gateway=hub_pb2.Gateway(address="gw", port=15443),
                     services=[hub_pb2.Service(namespace="Bad_NS", name="x",
