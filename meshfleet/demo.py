@@ -163,6 +163,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--workdir", type=Path, help="where state and manifests go (default: a temporary directory)")
     p.add_argument("--keep", action="store_true", help="keep the work directory of a temporary run")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for convergence")
+    p.add_argument("--verbose", action="store_true", help="show the hub's and agents' log (default: warnings)")
     p.set_defaults(func=run_demo)
 
 
@@ -186,19 +187,28 @@ async def _demo(args: argparse.Namespace, workdir: Path) -> int:
         print(table(["CLUSTER", "REGION", "CONNECTED", "VERSION ACKED", "OBJECTS WRITTEN", "LAST NACK"],
                     fleet.rows()))
         if not ok:
-            print(f"\nerror: the fleet did not converge within {args.timeout:.0f} s (see the table and the log)",
+            print(f"\nerror: the fleet did not converge within {args.timeout:g} s (see the table and the log)",
                   file=sys.stderr)
             return 1
         print(f"\nconverged: {len(fleet.clusters)} clusters ACKed their current intent in {elapsed:.2f} s")
-        print(f"manifests: {workdir / 'clusters'}/<cluster>/  (policies: {policies})")
         for p in fleet.hub.problems:
             print(f"policy {p.policy}: {p.message}")
+        sample = fleet.output(fleet.clusters[-1].name) / "bookinfo" / "virtualservice-reviews-global.yaml"
+        if sample.exists():
+            print(f"\n--- {sample.relative_to(workdir)} (TrafficPolicy bookinfo/reviews-split) ---")
+            print(sample.read_text().rstrip())
+        kept = "" if args.workdir or args.keep else "  (removed at exit: pass --keep or --workdir to keep them)"
+        print(f"\nmanifests: {workdir / 'clusters'}/<cluster>/{kept}\npolicies:  {policies}")
         return 0
     finally:
         await fleet.stop()
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    if not args.verbose:
+        for name in ("mgmt", "agent"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+        logging.getLogger("grpc._cython.cygrpc").setLevel(logging.ERROR)  # "Aborting method ... server stop"
     temporary = args.workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="meshfleet-demo-")) if temporary else args.workdir
     workdir.mkdir(parents=True, exist_ok=True)
@@ -210,4 +220,3 @@ def run_demo(args: argparse.Namespace) -> int:
     finally:
         if temporary and not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
-            print(f"(temporary work directory {workdir} removed; pass --keep or --workdir to keep it)")

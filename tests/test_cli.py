@@ -129,3 +129,10 @@ def test_demo_converges_and_prints_the_table(tmp_path: Path) -> None:
     assert sum("Connected" in ln for ln in lines) == 4
     assert "converged: 4 clusters" in result.stdout
     assert (tmp_path / "clusters" / "us-east-1" / "bookinfo" / "virtualservice-reviews-global.yaml").exists()
+
+
+def test_demo_that_cannot_converge_in_time_exits_1(tmp_path: Path) -> None:
+    result = subprocess.run(meshfleet("demo", "--timeout", "0.001", "--workdir", str(tmp_path)),
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert "did not converge within 0.001 s" in result.stderr
