@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -21,7 +22,9 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--hub", required=True, help="hub Sync address host:port")
     p.add_argument("--hub-bootstrap", help="hub Register address (default: the hub port + 1)")
     p.add_argument("--cluster", required=True, help="this cluster's name on the hub")
-    p.add_argument("--token", help="join token from `meshfleet cluster add` (first start only)")
+    p.add_argument("--token", help="join token from `meshfleet cluster add` (first start only); prefer "
+                   "--token-file or $MESHFLEET_JOIN_TOKEN, which other users cannot read in the process list")
+    p.add_argument("--token-file", type=Path, help="file holding the join token")
     p.add_argument("--state-dir", type=Path, required=True, help="agent key, certificates, applied intent")
     p.add_argument("--inventory", type=Path, required=True, help="YAML file of this cluster's services")
     p.add_argument("--output", type=Path, required=True, help="directory the manifests are written to")
@@ -31,8 +34,15 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 
 def run_agent(args: argparse.Namespace) -> int:
+    token = args.token or os.environ.get("MESHFLEET_JOIN_TOKEN")
+    if args.token_file is not None:
+        try:
+            token = args.token_file.read_text().strip()
+        except OSError as exc:
+            print(f"error: cannot read --token-file: {exc}", file=sys.stderr)
+            return 2
     settings = AgentSettings(hub=args.hub, hub_bootstrap=args.hub_bootstrap, cluster=args.cluster,
-                             token=args.token, state_dir=args.state_dir, inventory=args.inventory,
+                             token=token, state_dir=args.state_dir, inventory=args.inventory,
                              output=args.output, cluster_domain=args.cluster_domain,
                              heartbeat_interval=args.heartbeat_interval,
                              stream_timeout=4 * args.heartbeat_interval)

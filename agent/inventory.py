@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 from meshfleet.intents import EAST_WEST_PORT, Port, Subset
-from meshfleet.names import dns1123_label_error
+from meshfleet.names import address_error, dns1123_label_error, labels_error
 
 PROTOCOLS = ("HTTP", "HTTP2", "HTTPS", "GRPC", "TCP", "TLS", "MONGO", "REDIS", "MYSQL", "UDP")
 
@@ -53,9 +53,9 @@ def _keys(obj: Any, where: str, required: tuple[str, ...], optional: tuple[str, 
 def _labels(obj: Any, where: str) -> dict[str, str]:
     if obj is None:
         return {}
-    if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in obj.items()):
-        raise InventoryError(f"{where}: labels must map strings to strings")
-    return obj
+    if err := labels_error(obj):
+        raise InventoryError(f"{where}: {err}")
+    return dict(obj)
 
 
 def parse(text: str, filename: str = "inventory") -> Inventory:
@@ -69,6 +69,8 @@ def parse(text: str, filename: str = "inventory") -> Inventory:
     port = gateway.get("port", EAST_WEST_PORT)
     if not isinstance(address, str) or not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
         raise InventoryError(f"{filename}: gateway needs a string address and a port 1-65535")
+    if address and (err := address_error(address)):
+        raise InventoryError(f"{filename}: gateway.address: {err}")
     if not isinstance(root["services"], list):
         raise InventoryError(f"{filename}: services must be a list")
     services: list[LocalService] = []

@@ -47,6 +47,20 @@ FATAL_CODES = frozenset({grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMIS
                          grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT})
 
 
+class StreamEnded(Exception):
+    """The hub ended the stream with a non-OK status noticed outside a read."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(f"{code.name}: {details}")
+        self._code, self._details = code, details
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+
 class AgentFatal(Exception):
     """A condition the agent cannot recover from by retrying (bad token, revoked identity)."""
 
@@ -102,14 +116,37 @@ class Agent:
         self.cache = AppliedCache(settings.state_dir)
         self.sink = DirectorySink(settings.output)
         self.ctx = RenderContext(settings.cluster, settings.cluster_domain)
-        self.applied = self.cache.load()
+        self.applied = self._verified_cache()
+        self._applying: asyncio.Future[hub_pb2.AgentMessage] | None = None
         self.connected = asyncio.Event()
         self.last_result: ApplyResult | None = None
-        self.objects = len(self.sink.owned()) if settings.output.exists() else 0
+        try:
+            self.objects = len(self.sink.owned())
+        except SinkError:
+            self.objects = 0  # reported by the first apply, which refuses to touch the directory
         self.received: list[str] = []  # versions pushed to this agent, in order (for status and tests)
         self.last_error = ""
         self._inventory_bytes: bytes | None = None
         self._report: hub_pb2.DiscoveryReport | None = None
+
+    def _verified_cache(self) -> Applied | None:
+        """The cached applied intent, if the output directory still holds exactly what it renders to.
+
+        Otherwise (output wiped or edited, renderer upgraded) the agent announces nothing applied, so
+        the hub pushes again; nothing is written or deleted before that push.
+        """
+        cached = self.cache.load()
+        if cached is None:
+            return None
+        try:
+            objects = render(decode(cached.version, cached.content), self.ctx)
+            if self.sink.holds(objects):
+                return cached
+        except (IntentError, SinkError) as exc:
+            log.warning("cached intent unusable (%s)", exc)
+        log.warning("output %s differs from the cached intent %s; asking the hub to push it again",
+                    self.settings.output, cached.version[:12])
+        return None
 
     @property
     def applied_version(self) -> str:
@@ -199,6 +236,12 @@ class Agent:
                 raise IntentError(f"intent is for cluster {intent.cluster.name!r}, not {self.settings.cluster!r}")
             objects = render(intent, self.ctx)
             result = self.sink.apply(objects)
+            applied = Applied(push.version, push.content)
+            try:
+                self.cache.save(applied)
+            except OSError as exc:
+                raise SinkError(f"manifests written, but recording the applied intent in "
+                                f"{self.cache.path} failed: {exc}") from exc
         except (IntentError, SinkError) as exc:
             self.last_error = str(exc)
             log.error("rejecting intent %s: %s", push.version[:12], exc)
@@ -207,8 +250,7 @@ class Agent:
             self.last_error = f"internal error rendering intent: {exc!r}"
             log.exception("rendering intent %s failed", push.version[:12])
             return hub_pb2.AgentMessage(nack=hub_pb2.Nack(version=push.version, error=self.last_error))
-        self.applied = Applied(push.version, push.content)
-        self.cache.save(self.applied)
+        self.applied = applied
         self.last_result, self.objects, self.last_error = result, len(objects), ""
         log.info("applied intent %s: %d objects (%d written, %d unchanged, %d pruned)", push.version[:12],
                  len(objects), result.written, result.unchanged, result.pruned)
@@ -221,12 +263,16 @@ class Agent:
         creds = grpc.ssl_channel_credentials(identity.ca_pem, identity.key_pem, identity.cert_pem)
         attempt = 0
         while True:
+            if self._applying is not None:
+                # an apply outlives the stream it came on: finish it so hello states the truth
+                with contextlib.suppress(Exception):
+                    await self._applying
             started = time.monotonic()
             try:
                 async with grpc.aio.secure_channel(self.settings.hub, creds, options=GRPC_OPTIONS) as channel:
                     await self._sync(hub_pb2_grpc.HubStub(channel))
                 reason = "stream ended"
-            except grpc.aio.AioRpcError as exc:
+            except (grpc.aio.AioRpcError, StreamEnded) as exc:
                 if exc.code() in FATAL_CODES:
                     raise AgentFatal(f"hub refused the stream: {exc.code().name}: {exc.details()}") from exc
                 reason = f"{exc.code().name}: {exc.details()}"
@@ -256,7 +302,11 @@ class Agent:
 
         async def write() -> None:
             while True:
-                await call.write(await outbox.get())
+                msg = await outbox.get()
+                try:
+                    await call.write(msg)
+                except (asyncio.InvalidStateError, grpc.aio.UsageError):
+                    return  # the call has finished; its status is read below
 
         async def tick() -> None:
             while True:
@@ -285,6 +335,8 @@ class Agent:
 
         async def watchdog() -> None:
             while True:
+                if self._applying is not None and not self._applying.done():
+                    last_heard[0] = time.monotonic()  # our own slow apply is not the hub's silence
                 silent = time.monotonic() - last_heard[0]
                 if silent > s.stream_timeout:
                     raise TimeoutError
@@ -295,6 +347,9 @@ class Agent:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for t in done:
                 t.result()  # the hub's status (AioRpcError) or the watchdog's TimeoutError
+            code = await call.code()  # the stream ended without an error above: why?
+            if code != grpc.StatusCode.OK:
+                raise StreamEnded(code, await call.details())
         finally:
             for t in tasks:
                 t.cancel()
@@ -305,8 +360,13 @@ class Agent:
             call.cancel()
 
     async def handle_intent(self, push: hub_pb2.IntentPush) -> hub_pb2.AgentMessage:
-        """Apply a push off the event loop (rendering and file writes block); the answer to send."""
-        return await asyncio.to_thread(self.apply, push)
+        """Apply a push off the event loop (rendering and file writes block); the answer to send.
+
+        The apply is shielded: if the stream dies meanwhile it still completes, and run() waits
+        for it before dialling again, so two applies never overlap.
+        """
+        self._applying = asyncio.ensure_future(asyncio.to_thread(self.apply, push))
+        return await asyncio.shield(self._applying)
 
 
 def describe(agent: Agent) -> dict[str, Any]:

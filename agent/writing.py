@@ -82,6 +82,16 @@ class DirectorySink:
     def _save(self, files: Iterable[str]) -> None:
         atomic_write(self.root / INVENTORY, json.dumps({"files": sorted(files)}, indent=1).encode())
 
+    def holds(self, objects: Iterable[Mapping[str, Any]]) -> bool:
+        """True if the directory holds exactly these objects as this sink would write them, and owns them."""
+        wanted = {relative_path(o): to_yaml(o) for o in objects}
+        if self.owned() != set(wanted):
+            return False
+        try:
+            return all((self.root / rel).read_bytes() == data for rel, data in wanted.items())
+        except OSError:
+            return False
+
     def apply(self, objects: Iterable[Mapping[str, Any]]) -> ApplyResult:
         rendered: dict[str, bytes] = {}
         last: dict[str, tuple[Mapping[str, Any], bytes]] = {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -55,3 +56,36 @@ def parse_duration(text: str) -> float:
     if value <= 0:
         raise ValueError(f"duration {text!r} must be positive")
     return value
+
+
+_LABEL_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)$")
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?)$")
+
+
+def address_error(value: object) -> str | None:
+    """None if `value` is an IP address or a DNS name (what an endpoint address may be), else why not."""
+    if not isinstance(value, str):
+        return f"must be a string, got {type(value).__name__}"
+    try:
+        ipaddress.ip_address(value)
+        return None
+    except ValueError:
+        pass
+    if dns1123_subdomain_error(value.lower()) is None:
+        return None
+    return f"{value!r} is neither an IP address nor a DNS name"
+
+
+def labels_error(labels: object) -> str | None:
+    """None if `labels` is a valid Kubernetes label map ([prefix/]name: value), else why not."""
+    if not isinstance(labels, dict):
+        return f"labels must be a mapping, got {type(labels).__name__}"
+    for key, value in labels.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            return "labels must map strings to strings"
+        prefix, _, name = key.rpartition("/")
+        if (prefix and dns1123_subdomain_error(prefix)) or len(name) > 63 or not _LABEL_NAME.match(name):
+            return f"label key {key!r} is not a valid Kubernetes label key"
+        if len(value) > 63 or not _LABEL_VALUE.match(value):
+            return f"label value {value!r} of {key!r} is not a valid Kubernetes label value"
+    return None

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meshfleet.intents import ClusterRef, Port, Subset
-from meshfleet.names import dns1123_label_error
+from meshfleet.names import address_error, dns1123_label_error, labels_error
 
 PROTOCOLS = ("HTTP", "HTTP2", "HTTPS", "GRPC", "TCP", "TLS", "MONGO", "REDIS", "MYSQL", "UDP")
 
@@ -70,6 +70,8 @@ def discovery_from_json(doc: Mapping[str, Any]) -> Discovery:
         address, port = str(gateway.get("address", "")), int(gateway.get("port", 0))
         if address and not 0 < port < 65536:
             raise DiscoveryError(f"gateway port {port} out of range 1-65535")
+        if address and (err := address_error(address)):
+            raise DiscoveryError(f"gateway address {err}")
         services: dict[tuple[str, str], DiscoveredService] = {}
         for s in doc.get("services", []):
             ns, name = s["namespace"], s["name"]
@@ -91,6 +93,11 @@ def discovery_from_json(doc: Mapping[str, Any]) -> Discovery:
             if not ports:
                 raise DiscoveryError(f"service {ns}/{name} has no ports")
             subsets = tuple(Subset(x["name"], dict(x.get("labels", {}))) for x in s.get("subsets", []))
+            for x in subsets:
+                if err := dns1123_label_error(x.name) or labels_error(dict(x.labels)):
+                    raise DiscoveryError(f"service {ns}/{name}: subset {x.name!r}: {err}")
+            if len({x.name for x in subsets}) != len(subsets):
+                raise DiscoveryError(f"service {ns}/{name}: subset names repeat")
             services[(ns, name)] = DiscoveredService(ns, name, tuple(sorted(ports, key=lambda p: p.number)),
                                                      tuple(sorted(subsets, key=lambda x: x.name)))
     except (KeyError, TypeError, ValueError) as exc:

@@ -45,6 +45,9 @@ GRPC_OPTIONS = [
     ("grpc.max_send_message_length", 64 << 20),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+    # detect peers that vanished without closing TCP
+    ("grpc.keepalive_time_ms", 30000),
+    ("grpc.keepalive_timeout_ms", 10000),
 ]
 
 
@@ -68,6 +71,7 @@ class Session:
     """One open Sync stream of one cluster."""
 
     cluster: str
+    fingerprint: str  # of the client certificate this stream authenticated with
     applied: str  # what the agent says it has applied (hello, then ACKs)
     in_flight: str = ""  # pushed on this stream, not yet ACKed/NACKed
     nacks: int = 0
@@ -88,7 +92,8 @@ class Hub(hub_pb2_grpc.HubServicer):
         self.settings = settings
         self.registry = Registry(settings.state_dir)
         self.ca = load_or_create_ca(settings.state_dir, dt.datetime.now(dt.UTC))
-        self.source = DirectoryPolicySource(settings.policies_dir) if settings.policies_dir else None
+        self.source = (DirectoryPolicySource(settings.policies_dir, self.registry.get_meta("policy_last_good"))
+                       if settings.policies_dir else None)
         self.clusters: dict[str, ClusterRef] = {}
         self.discovery: dict[str, Discovery] = {}
         self.intents: dict[str, Intent] = {}
@@ -99,6 +104,7 @@ class Hub(hub_pb2_grpc.HubServicer):
         self._dirty_status = False
         self._recompute_handle: asyncio.TimerHandle | None = None
         self._last_recompute = float("-inf")
+        self._created: dict[str, float] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._server: grpc.aio.Server | None = None
         self.port = 0
@@ -154,27 +160,36 @@ class Hub(hub_pb2_grpc.HubServicer):
                 self.discovery[name] = discovery_from_json(doc)
         if self.source:
             self.source.scan()
+            self._save_problems()
         # agents connected before a restart get a full grace period to come back
         for st in self.statuses.values():
-            if st.connection == "Connected":
+            if st.connection in ("Connected", "Disconnected"):
                 st.connection = "Disconnected"
                 self._arm_deadline(st.cluster, _now())
         self._dirty_status = True
 
     def refresh_clusters(self) -> bool:
+        """Mirror the registry; True if the topology changed. Streams of revoked certificates end here."""
         records = self.registry.clusters()
+        for name, session in list(self.sessions.items()):
+            record = records.get(name)
+            if record is None or record.cert_fingerprint != session.fingerprint:
+                why = ("was removed from the hub" if record is None or record.cert_fingerprint is None
+                       else "registered again with a new certificate")
+                self._refuse(session, grpc.StatusCode.PERMISSION_DENIED, f"cluster {name} {why}")
+                self._close(session)
+        created = {n: r.created_at for n, r in records.items()}
+        for name in [n for n, at in self._created.items() if created.get(n) != at]:
+            # removed, or removed and added again: nothing of the old cluster may linger
+            self.intents.pop(name, None)
+            self.discovery.pop(name, None)
+            self.statuses.pop(name, None)
+        self._created = created
         clusters = {n: ClusterRef(r.name, r.region, r.zone, r.network) for n, r in records.items()}
-        if clusters == self.clusters:
-            return False
-        for gone in set(self.clusters) - set(clusters):
-            self.intents.pop(gone, None)
-            self.discovery.pop(gone, None)
-            self.statuses.pop(gone, None)
-            if gone in self.sessions:
-                self._refuse(self.sessions[gone], grpc.StatusCode.PERMISSION_DENIED,
-                             f"cluster {gone} was removed from the hub")
         for name in clusters:
             self.statuses.setdefault(name, ClusterStatus(name))
+        if clusters == self.clusters:
+            return False
         self.clusters = clusters
         return True
 
@@ -219,6 +234,9 @@ class Hub(hub_pb2_grpc.HubServicer):
             self._save_problems()
 
     def _save_problems(self) -> None:
+        """Persist what the policy source reports, and its last good files (for a restart)."""
+        if self.source is not None:
+            self.registry.set_meta("policy_last_good", self.source.last_good())
         source_errors = [str(e) for e in self.source.errors] if self.source else []
         self.registry.set_meta("policy_problems", {
             "source_errors": source_errors,
@@ -309,7 +327,8 @@ class Hub(hub_pb2_grpc.HubServicer):
                                         ca_bundle_pem=self.ca.cert_pem)
 
     # Sync -------------------------------------------------------------------------------------
-    def _identity(self, context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    def _identity(self, context: grpc.aio.ServicerContext[Any, Any]) -> tuple[str, str]:
+        """(cluster, certificate fingerprint) of the caller; raises StreamRefused."""
         pem = next(iter(context.auth_context().get("x509_pem_cert", ())), None)
         if pem is None:
             raise StreamRefused(grpc.StatusCode.UNAUTHENTICATED,
@@ -321,39 +340,42 @@ class Hub(hub_pb2_grpc.HubServicer):
         record = self.registry.cluster(cluster)
         if record is None:
             raise StreamRefused(grpc.StatusCode.PERMISSION_DENIED, f"cluster {cluster} is not registered")
-        if cluster not in self.clusters and self.refresh_clusters():
-            self.mark_dirty()  # added by `cluster add` since the last poll
-        if record.cert_fingerprint != fingerprint(cert):
+        pinned = fingerprint(cert)
+        if record.cert_fingerprint != pinned:
             raise StreamRefused(grpc.StatusCode.PERMISSION_DENIED,
                                 f"this certificate is no longer the identity of cluster {cluster} "
                                 "(it registered again)")
-        return cluster
+        if cluster not in self.clusters and self.refresh_clusters():
+            self.mark_dirty()  # added by `cluster add` since the last poll
+        return cluster, pinned
 
     async def Sync(self, request_iterator: AsyncIterator[hub_pb2.AgentMessage],
                    context: grpc.aio.ServicerContext[Any, Any]) -> None:
         session: Session | None = None
         reader: asyncio.Task[None] | None = None
         try:
-            cluster = self._identity(context)
+            cluster, pinned = self._identity(context)
             incoming = request_iterator.__aiter__()
             try:
                 first = await asyncio.wait_for(incoming.__anext__(), self.settings.stream_timeout)
             except (StopAsyncIteration, TimeoutError):
                 return
-            session = self._open(cluster, first)
+            session = self._open(cluster, pinned, first)
             reader = asyncio.create_task(self._read(session, incoming))
             await self._serve(session, context)
         except StreamRefused as exc:
             await context.abort(exc.code, exc.message)
         finally:
-            if reader is not None:
-                reader.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await reader
-            if session is not None:
-                self._close(session)
+            try:
+                if reader is not None:
+                    reader.cancel()
+                    with contextlib.suppress(BaseException):  # its outcome is already in the session
+                        await reader
+            finally:
+                if session is not None:
+                    self._close(session)
 
-    def _open(self, cluster: str, first: hub_pb2.AgentMessage) -> Session:
+    def _open(self, cluster: str, pinned: str, first: hub_pb2.AgentMessage) -> Session:
         if first.WhichOneof("kind") != "hello":
             raise StreamRefused(grpc.StatusCode.INVALID_ARGUMENT, "the first message on Sync must be hello")
         hello = first.hello
@@ -365,10 +387,14 @@ class Hub(hub_pb2_grpc.HubServicer):
             raise StreamRefused(grpc.StatusCode.FAILED_PRECONDITION,
                                 f"protocol version {hello.protocol_version!r} not supported; this hub speaks "
                                 f"{PROTOCOL_VERSION}")
+        record = self.registry.cluster(cluster)  # again: it may have re-registered while hello was pending
+        if record is None or record.cert_fingerprint != pinned:
+            raise StreamRefused(grpc.StatusCode.PERMISSION_DENIED,
+                                f"this certificate is no longer the identity of cluster {cluster}")
         old = self.sessions.get(cluster)
         if old is not None:
             self._refuse(old, grpc.StatusCode.ABORTED, "superseded by a newer stream of the same cluster")
-        session = Session(cluster, applied=hello.applied_version)
+        session = Session(cluster, fingerprint=pinned, applied=hello.applied_version)
         self.sessions[cluster] = session
         st = self.statuses[cluster]
         st.agent_version = hello.agent_version
@@ -400,13 +426,19 @@ class Hub(hub_pb2_grpc.HubServicer):
                 self._handle(session, msg)
         except StreamRefused as exc:
             session.refused = exc
-        except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
-            pass  # the agent went away; _serve notices through `ended`
-        session.ended = True
-        session.wake.set()
+        except (grpc.aio.AioRpcError, grpc.aio.AbortError, asyncio.InvalidStateError):
+            pass  # the agent went away or the stream was aborted; _serve notices through `ended`
+        except Exception as exc:  # a hub fault (e.g. disk full) must end this stream, not freeze it
+            log.exception("cluster %s: handling a message failed", session.cluster)
+            session.refused = StreamRefused(grpc.StatusCode.INTERNAL, f"hub error: {exc}")
+        finally:
+            session.ended = True
+            session.wake.set()
 
     def _handle(self, session: Session, msg: hub_pb2.AgentMessage) -> None:
         cluster = session.cluster
+        if self.sessions.get(cluster) is not session:
+            return  # a superseded or closed stream: its late ACKs must not roll status back
         kind = msg.WhichOneof("kind")
         st = self.statuses[cluster]
         self._seen(cluster)
@@ -444,8 +476,8 @@ class Hub(hub_pb2_grpc.HubServicer):
             log.error("discovery report of %s refused, keeping the previous one: %s", cluster, exc)
             return
         if self.discovery.get(cluster) != parsed:
-            self.discovery[cluster] = parsed
             self.registry.save_discovery(cluster, doc)
+            self.discovery[cluster] = parsed
             self.mark_dirty()
 
     def _push_due(self, session: Session) -> Intent | None:
@@ -462,6 +494,7 @@ class Hub(hub_pb2_grpc.HubServicer):
         s = self.settings
         next_beat = time.monotonic()
         while True:
+            session.wake.clear()  # before looking: a wake-up during a write below must not be lost
             if session.refused is not None:
                 raise session.refused
             if session.ended:
@@ -474,18 +507,26 @@ class Hub(hub_pb2_grpc.HubServicer):
             if intent is not None:
                 session.in_flight = intent.version
                 session.pushes += 1
-                await context.write(hub_pb2.HubMessage(intent=hub_pb2.IntentPush(
+                await self._write(context, hub_pb2.HubMessage(intent=hub_pb2.IntentPush(
                     version=intent.version, content=intent.content, content_type=MEDIA_TYPE)))
             if now >= next_beat:
-                await context.write(hub_pb2.HubMessage(heartbeat=hub_pb2.Heartbeat(
+                await self._write(context, hub_pb2.HubMessage(heartbeat=hub_pb2.Heartbeat(
                     sent_unix_ms=int(_now() * 1000))))
                 next_beat = now + s.heartbeat_interval
             wake_at = min(next_beat, session.last_received + s.stream_timeout)
             if session.retry_at > now:
                 wake_at = min(wake_at, session.retry_at)
-            session.wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(session.wake.wait(), max(0.0, wake_at - time.monotonic()))
+
+
+    async def _write(self, context: grpc.aio.ServicerContext[Any, Any], msg: hub_pb2.HubMessage) -> None:
+        """Write, but never wait on a peer that stopped reading longer than the watchdog allows."""
+        try:
+            await asyncio.wait_for(context.write(msg), self.settings.stream_timeout)
+        except TimeoutError:
+            raise StreamRefused(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                f"watchdog: the agent read nothing for {self.settings.stream_timeout:.0f} s") from None
 
 
 def discovery_json(report: hub_pb2.DiscoveryReport) -> dict[str, Any]:

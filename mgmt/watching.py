@@ -2,12 +2,16 @@
 
 A file that fails to parse keeps contributing its last good policies, and its
 error (file:line) is reported until it is fixed; a deleted file's policies go.
+The last good text of every file is exposed (`last_good`) so the hub can persist
+it and seed a restarted source: a file broken while the hub was down still
+contributes what it last said, instead of vanishing from every cluster.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,15 +26,27 @@ class _FileState:
     digest: str
     good: list[TrafficPolicy] = field(default_factory=list)
     errors: list[PolicyError] = field(default_factory=list)
+    good_text: str | None = None
 
 
 class DirectoryPolicySource:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, seed: Mapping[str, str] | None = None) -> None:
+        """`seed`: the last good text of each file (relative name), as `last_good()` returned it."""
         self.directory = directory
         self._files: dict[Path, _FileState] = {}
         self.policies: tuple[TrafficPolicy, ...] = ()
         self.errors: tuple[PolicyError, ...] = ()
         self._missing = False
+        for name, text in sorted((seed or {}).items()):
+            policies, errors = parse_file(text, name)
+            if not errors:
+                self._files[directory / name] = _FileState("seed", policies, [], text)
+        self._merge()
+
+    def last_good(self) -> dict[str, str]:
+        """Relative file name -> the text its current policies come from."""
+        return {str(p.relative_to(self.directory)): st.good_text
+                for p, st in sorted(self._files.items()) if st.good_text is not None}
 
     def scan(self) -> bool:
         """Re-read the directory; True if the policies or errors changed.
@@ -61,12 +77,14 @@ class DirectoryPolicySource:
                 continue
             name = str(path.relative_to(self.directory))
             try:
-                policies, errors = parse_file(data.decode(), name)
+                text = data.decode()
+                policies, errors = parse_file(text, name)
             except UnicodeDecodeError as exc:
-                policies, errors = [], [PolicyError(name, 1, f"not UTF-8 text: {exc}")]
-            state = _FileState(digest)
+                text, policies, errors = "", [], [PolicyError(name, 1, f"not UTF-8 text: {exc}")]
+            state = _FileState(digest, good_text=text)
             if errors:
                 state.good = old.good if old else []
+                state.good_text = old.good_text if old else None
                 state.errors = errors
                 for e in errors:
                     log.error("policy file rejected, keeping its last good content: %s", e)

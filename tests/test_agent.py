@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from agent.settings import AgentSettings
 from agent.syncing import Agent, AppliedCache, backoff_delay
-from meshfleet.intents import MEDIA_TYPE, ClusterIntent, ClusterRef, encode
+from meshfleet.intents import MEDIA_TYPE, Backend, ClusterIntent, ClusterRef, Port, ServiceIntent, encode
 from meshfleet.v1 import hub_pb2
 from tests.fleets import tree
 
@@ -66,3 +69,53 @@ def test_a_tampered_cache_is_ignored_not_trusted(tmp_path: Path) -> None:
 def test_backoff_is_full_jitter_capped(attempt: int) -> None:
     assert backoff_delay(attempt, 0.5, 30.0, lambda: 1.0) == min(30.0, 0.5 * 2**attempt)
     assert backoff_delay(attempt, 0.5, 30.0, lambda: 0.0) == 0.0
+
+
+def test_an_apply_outlives_the_stream_that_brought_it(tmp_path: Path) -> None:
+    """A dying stream must not abandon an apply half-way nor let the next one overlap it."""
+    async def scenario() -> None:
+        a = agent(tmp_path)
+        version, content = encode(ClusterIntent(ME))
+        gate = threading.Event()
+        real_apply = a.sink.apply
+
+        def slow_apply(objects: Any) -> Any:
+            gate.wait(5)
+            return real_apply(objects)
+
+        a.sink.apply = slow_apply  # type: ignore[method-assign]
+        task = asyncio.create_task(a.handle_intent(push(version, content)))
+        await asyncio.sleep(0.05)
+        task.cancel()  # what losing the stream does to the reader
+        gate.set()
+        assert a._applying is not None
+        answer = await a._applying  # run() awaits this before it dials again
+        assert answer.WhichOneof("kind") == "ack"
+        assert a.applied_version == version
+    asyncio.run(scenario())
+
+
+def test_failing_to_record_the_applied_intent_is_a_nack_not_a_crash(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    a = agent(tmp_path)
+
+    def disk_full(_: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(a.cache, "save", disk_full)
+    answer = a.apply(push(*encode(ClusterIntent(ME))))
+    assert answer.WhichOneof("kind") == "nack"
+    assert "No space left on device" in answer.nack.error
+    assert a.applied_version == ""
+
+
+def test_cached_intent_is_not_trusted_when_the_output_no_longer_matches(tmp_path: Path) -> None:
+    intent = ClusterIntent(ME, services=(ServiceIntent("ns", "svc", (Port("http", 80, "HTTP"),), (
+        Backend(ClusterRef("eu-west-1", "eu", "eu-a", "n2"), "gw.example", 15443),)),))
+    a = agent(tmp_path)
+    a.apply(push(*encode(intent)))
+    assert agent(tmp_path).applied_version == encode(intent)[0]  # output intact: trusted
+    next((tmp_path / "out").rglob("serviceentry-*.yaml")).unlink()  # someone wiped a manifest
+    restarted = agent(tmp_path)
+    assert restarted.applied_version == ""  # so the hub pushes again
+    assert not list((tmp_path / "out").rglob("serviceentry-*.yaml"))  # and nothing is written before that

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import time
 from collections import Counter
@@ -292,16 +293,13 @@ def test_hub_restart_agents_reconnect_without_reregistering_or_reapplying(tmp_pa
     async def scenario() -> None:
         async with running_fleet(tmp_path) as fleet:
             hub = fleet.hub
-            port, bport = hub.port, hub.bootstrap_port
             registered = {c.name: hub.registry.cluster(c.name).registered_at  # type: ignore[union-attr]
                           for c in fleet.clusters}
             received = {c: list(a.received) for c, a in fleet.agents.items()}
             before = {c.name: tree(fleet.output(c.name)) for c in fleet.clusters}
             await hub.stop(grace=0)
             await until(lambda: not any(a.connected.is_set() for a in fleet.agents.values()), what="disconnect")
-            settings = hub.settings
-            fleet.hub = Hub(type(settings)(**{**settings.__dict__, "listen": f"127.0.0.1:{port}",
-                                              "bootstrap_listen": f"127.0.0.1:{bport}"}))
+            fleet.hub = restarted_hub(hub)
             await fleet.hub.start()
             await until(lambda: len(fleet.hub.sessions) == 3, within=15, what="reconnect")
             assert await fleet.wait_converged(10)
@@ -426,4 +424,70 @@ def test_malformed_discovery_report_keeps_the_previous_one(tmp_path: Path) -> No
                 assert fleet.hub.discovery["us-east-1"] == before
                 assert "us-east-1" in fleet.hub.sessions  # a bad report is refused, the stream stays
                 call.cancel()
+    run(scenario())
+
+
+def restarted_hub(hub: Hub) -> Hub:
+    """A new hub on the same state directory and ports (agents dial fixed addresses)."""
+    return Hub(dataclasses.replace(hub.settings, listen=f"127.0.0.1:{hub.port}",
+                                   bootstrap_listen=f"127.0.0.1:{hub.bootstrap_port}"))
+
+
+def test_removed_and_re_added_cluster_loses_its_old_stream(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running_fleet(tmp_path) as fleet:
+            hub = fleet.hub
+            hub.registry.remove_cluster("ap-south-1")
+            add_cluster(hub.registry, hub.settings.state_dir, "ap-south-1", "ap-south", "ap-south-1a", "net")
+            hub.refresh_clusters()  # within one poll interval of both commands
+            with pytest.raises(AgentFatal, match="removed from the hub"):
+                await asyncio.wait_for(fleet.tasks.pop("ap-south-1"), 10)
+            assert "ap-south-1" not in hub.sessions
+            assert hub.statuses["ap-south-1"].connection == "Pending"
+    run(scenario())
+
+
+def test_a_refused_stream_is_closed_and_shown_disconnected(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running_fleet(tmp_path) as fleet:
+            await fleet.stop_agent("us-east-1")
+            async with agent_channel(fleet, "us-east-1") as channel:
+                call = await in_sync_stream(fleet, channel, "us-east-1")
+                await until(lambda: "us-east-1" in fleet.hub.sessions, what="session")
+                await call.write(hub_pb2.AgentMessage(hello=hub_pb2.Hello(cluster="us-east-1")))
+                with pytest.raises(grpc.aio.AioRpcError, match="hello sent twice"):
+                    while await call.read() is not EOF:
+                        pass
+            await until(lambda: "us-east-1" not in fleet.hub.sessions, within=3, what="session closed")
+            assert fleet.hub.statuses["us-east-1"].connection == "Disconnected"
+    run(scenario())
+
+
+def test_after_a_hub_restart_a_cluster_that_stays_away_becomes_unreachable(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running_fleet(tmp_path, heartbeat=0.2, grace=1.0) as fleet:
+            await fleet.stop_agent("ap-south-1")
+            await until(lambda: fleet.hub.statuses["ap-south-1"].connection == "Disconnected", what="Disconnected")
+            await fleet.hub.stop(grace=0)
+            fleet.hub = restarted_hub(fleet.hub)
+            await fleet.hub.start()
+            st = fleet.hub.statuses["ap-south-1"]
+            await until(lambda: st.connection == "Unreachable", within=3, what="Unreachable after restart")
+    run(scenario())
+
+
+def test_a_policy_file_broken_while_the_hub_is_down_keeps_its_last_good_content(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running_fleet(tmp_path) as fleet:
+            versions = {c: i.version for c, i in fleet.hub.intents.items()}
+            await fleet.hub.stop(grace=0)
+            policy = tmp_path / "policies" / "reviews-split.yaml"
+            policy.write_text(policy.read_text().replace("weight: 20", "weigth: 20"))
+            fleet.hub = restarted_hub(fleet.hub)
+            await fleet.hub.start()
+            assert fleet.hub.source is not None
+            assert any("weigth" in str(e) for e in fleet.hub.source.errors)
+            assert {c: i.version for c, i in fleet.hub.intents.items()} == versions
+            assert await fleet.wait_converged(15)
+            assert (fleet.output("eu-west-1") / "bookinfo" / "virtualservice-reviews-global.yaml").exists()
     run(scenario())
