@@ -83,6 +83,8 @@ from celpy import celtypes
 from celpy.adapter import json_to_cel
 from celpy.evaluation import CELEvalError, base_functions
 
+from meshfleet.names import dns1123_label_errors, dns1123_subdomain_errors, label_value_errors, qualified_name_errors
+
 __all__ = ["CRDSchemas", "FieldError", "parse_go_duration"]
 
 _Schema = Mapping[str, Any]
@@ -275,96 +277,7 @@ _FORMATS: dict[str, Callable[[str], bool]] = {"byte": _is_base64, "date-time": _
 
 # --------------------------------------------------------------------------- metadata
 
-_DNS1123_SUBDOMAIN = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
-_DNS1123_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
-_QUALIFIED_NAME = r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]"
-_LABEL_VALUE = "(" + _QUALIFIED_NAME + ")?"
 _ANNOTATIONS_MAX_BYTES = 256 * 1024
-
-
-def _regex_error(msg: str, fmt: str, *examples: str) -> str:
-    eg = "".join(f"'{e}', " if i == 0 else f"or '{e}', " for i, e in enumerate(examples))
-    return f"{msg} (e.g. {eg}regex used for validation is '{fmt}')"
-
-
-def _dns1123_subdomain_errors(value: str) -> list[str]:
-    errs = []
-    if len(value) > 253:
-        errs.append("must be no more than 253 characters")
-    if not re.fullmatch(_DNS1123_SUBDOMAIN, value):
-        errs.append(
-            _regex_error(
-                "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', "
-                "and must start and end with an alphanumeric character",
-                _DNS1123_SUBDOMAIN,
-                "example.com",
-            )
-        )
-    return errs
-
-
-def _dns1123_label_errors(value: str) -> list[str]:
-    errs = []
-    if len(value) > 63:
-        errs.append("must be no more than 63 characters")
-    if not re.fullmatch(_DNS1123_LABEL, value):
-        errs.append(
-            _regex_error(
-                "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', "
-                "and must start and end with an alphanumeric character",
-                _DNS1123_LABEL,
-                "my-name",
-                "123-abc",
-            )
-        )
-    return errs
-
-
-def _qualified_name_errors(value: str) -> list[str]:
-    regex_msg = _regex_error(
-        "must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric "
-        "character",
-        _QUALIFIED_NAME,
-        "MyName",
-        "my.name",
-        "123-abc",
-    )
-    parts = value.split("/")
-    if len(parts) > 2:
-        prefix_msg = "with an optional DNS subdomain prefix and '/' (e.g. 'example.com/MyName')"
-        return [f"a qualified name {regex_msg} {prefix_msg}"]
-    errs = []
-    name = parts[-1]
-    if len(parts) == 2:
-        if not parts[0]:
-            errs.append("prefix part must be non-empty")
-        else:
-            errs.extend("prefix part " + m for m in _dns1123_subdomain_errors(parts[0]))
-    if not name:
-        errs.append("name part must be non-empty")
-    elif len(name) > 63:
-        errs.append("name part must be no more than 63 characters")
-    if not re.fullmatch(_QUALIFIED_NAME, name):
-        errs.append("name part " + regex_msg)
-    return errs
-
-
-def _label_value_errors(value: str) -> list[str]:
-    errs = []
-    if len(value) > 63:
-        errs.append("must be no more than 63 characters")
-    if not re.fullmatch(_LABEL_VALUE, value):
-        errs.append(
-            _regex_error(
-                "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', "
-                "and must start and end with an alphanumeric character",
-                _LABEL_VALUE,
-                "MyValue",
-                "my_value",
-                "12345",
-            )
-        )
-    return errs
 
 
 def _string_map(meta: Mapping[str, Any], key: str, errors: list[FieldError]) -> Mapping[str, str]:
@@ -400,11 +313,11 @@ def _validate_metadata(meta: Any, namespaced: bool) -> list[FieldError]:
         masked = generate_name[:-1] + "a" if len(generate_name) > 1 and generate_name.endswith("-") else generate_name
         errors.extend(
             FieldError("metadata.generateName", f"Invalid value: {_render(generate_name)}: {m}")
-            for m in _dns1123_subdomain_errors(masked)
+            for m in dns1123_subdomain_errors(masked)
         )
     if name:
         errors.extend(
-            FieldError("metadata.name", f"Invalid value: {_render(name)}: {m}") for m in _dns1123_subdomain_errors(name)
+            FieldError("metadata.name", f"Invalid value: {_render(name)}: {m}") for m in dns1123_subdomain_errors(name)
         )
     elif not generate_name:
         errors.append(FieldError("metadata.name", "Required value: name or generateName is required"))
@@ -414,16 +327,16 @@ def _validate_metadata(meta: Any, namespaced: bool) -> list[FieldError]:
         else:
             errors.extend(
                 FieldError("metadata.namespace", f"Invalid value: {_render(namespace)}: {m}")
-                for m in _dns1123_label_errors(namespace)
+                for m in dns1123_label_errors(namespace)
             )
     for k, v in _string_map(meta, "labels", errors).items():
-        for bad, msgs in ((k, _qualified_name_errors(k)), (v, _label_value_errors(v))):
+        for bad, msgs in ((k, qualified_name_errors(k)), (v, label_value_errors(v))):
             errors.extend(FieldError("metadata.labels", f"Invalid value: {_render(bad)}: {m}") for m in msgs)
     annotations = _string_map(meta, "annotations", errors)
     for k in annotations:
         errors.extend(
             FieldError("metadata.annotations", f"Invalid value: {_render(k)}: {m}")
-            for m in _qualified_name_errors(k.lower())
+            for m in qualified_name_errors(k.lower())
         )
     if sum(len(k.encode()) + len(v.encode()) for k, v in annotations.items()) > _ANNOTATIONS_MAX_BYTES:
         too_long = f"Too long: may not be more than {_ANNOTATIONS_MAX_BYTES} bytes"
