@@ -18,7 +18,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import grpc
 from cryptography import x509
@@ -28,7 +27,7 @@ from agent import inventory as inventories
 from agent.identity import Identity, IdentityStore
 from agent.render import RenderContext, render
 from agent.settings import AgentSettings
-from agent.writing import ApplyResult, DirectorySink, SinkError
+from agent.writing import DirectorySink, SinkError
 from meshfleet import __version__, jointokens
 from meshfleet.files import atomic_write
 from meshfleet.intents import PROTOCOL_VERSION, IntentError, decode, version_of
@@ -119,7 +118,6 @@ class Agent:
         self.applied = self._verified_cache()
         self._applying: asyncio.Future[hub_pb2.AgentMessage] | None = None
         self.connected = asyncio.Event()
-        self.last_result: ApplyResult | None = None
         try:
             self.objects = len(self.sink.owned())
         except SinkError:
@@ -251,7 +249,7 @@ class Agent:
             log.exception("rendering intent %s failed", push.version[:12])
             return hub_pb2.AgentMessage(nack=hub_pb2.Nack(version=push.version, error=self.last_error))
         self.applied = applied
-        self.last_result, self.objects, self.last_error = result, len(objects), ""
+        self.objects, self.last_error = len(objects), ""
         log.info("applied intent %s: %d objects (%d written, %d unchanged, %d pruned)", push.version[:12],
                  len(objects), result.written, result.unchanged, result.pruned)
         return hub_pb2.AgentMessage(ack=hub_pb2.Ack(version=push.version))
@@ -367,9 +365,3 @@ class Agent:
         """
         self._applying = asyncio.ensure_future(asyncio.to_thread(self.apply, push))
         return await asyncio.shield(self._applying)
-
-
-def describe(agent: Agent) -> dict[str, Any]:
-    """A small status document of a running agent (for the demo and logs)."""
-    return {"cluster": agent.settings.cluster, "connected": agent.connected.is_set(),
-            "applied": agent.applied_version, "objects": agent.objects, "error": agent.last_error}

@@ -80,7 +80,6 @@ class Session:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     refused: StreamRefused | None = None
     ended: bool = False
-    pushes: int = 0
 
 
 def _now() -> float:
@@ -109,7 +108,6 @@ class Hub(hub_pb2_grpc.HubServicer):
         self._server: grpc.aio.Server | None = None
         self.port = 0
         self.bootstrap_port = 0
-        self.translations = 0
         self._stopped = False
 
     # lifecycle --------------------------------------------------------------------------------
@@ -225,7 +223,6 @@ class Hub(hub_pb2_grpc.HubServicer):
                 self._dirty_status = True
                 if name in self.sessions:
                     self.sessions[name].wake.set()
-        self.translations += 1
         new = tuple(sorted(problems))
         if new != self.problems:
             for p in sorted(set(new) - set(self.problems)):
@@ -506,7 +503,6 @@ class Hub(hub_pb2_grpc.HubServicer):
             intent = self._push_due(session)
             if intent is not None:
                 session.in_flight = intent.version
-                session.pushes += 1
                 await self._write(context, hub_pb2.HubMessage(intent=hub_pb2.IntentPush(
                     version=intent.version, content=intent.content, content_type=MEDIA_TYPE)))
             if now >= next_beat:
