@@ -22,7 +22,7 @@ this object, without silently changing it?".  It implements, for structural sche
 * `x-kubernetes-validations` CEL rules, evaluated with cel-python on the pruned,
   schema-typed value (`self`), with Kubernetes' CEL extensions the Istio CRDs use
   (Go-syntax `duration()`, strings ext: substring/indexOf/split/lowerAscii/...,
-  `url()`/`isURL()`/getScheme/..., regex find/findAll).  Like the API server, rules
+  `url()`/`isURL()`/getScheme/..., regex find/findAll, lists `sum()`).  Like the API server, rules
   are not evaluated when a "blocking" error (type, required, enum, too long, too
   many) was found; a note error says so.  Failures use `message`, else
   `messageExpression`, else "failed rule: <rule>"; `fieldPath` and `reason` are honoured.
@@ -45,7 +45,7 @@ NOT covered (out of scope or not expressible here):
 * the CEL cost budget / estimated-cost limits, CEL compile-time type checking
   (a rule that is ill-typed for its schema fails at evaluation instead), and CEL
   library functions not listed above (quantity, ip/cidr, semver, format, sets,
-  lists ext...) - rules using them are listed in `skipped_rules`, never guessed;
+  the rest of the lists library...) - rules using them are listed in `skipped_rules`, never guessed;
 * sub-microsecond precision of CEL durations (cel-python stores microseconds);
 * CEL typing of preserve-unknown-fields objects: their undeclared fields are visible
   to rules here, while the API server's CEL type hides them;
@@ -622,8 +622,19 @@ def _split_host_port(u: _URL) -> tuple[str, str]:
     return (name, port) if colon else (host, "")
 
 
+def _sum(items: Any) -> Any:
+    """Kubernetes' lists library `sum()`, for lists of int or double (0 for an empty list)."""
+    values = list(_need(items, list))
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        return celtypes.IntType(sum(values))
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        return celtypes.DoubleType(sum(values))
+    return CELEvalError("sum() needs a list of numbers")
+
+
 _FUNCTIONS: dict[str, Callable[..., Any]] = {
     "_&&_": _cel_and,
+    "sum": _sum,
     "_||_": _cel_or,
     "int": _cel_int,
     "duration": _cel_duration,
