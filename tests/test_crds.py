@@ -35,11 +35,11 @@ def test_every_example_policy_is_accepted(doc: dict[str, Any]) -> None:
     assert schemas().validate(doc) == []
 
 
-REVIEWS = yaml.safe_load((EXAMPLES / "policies" / "reviews-split.yaml").read_text())
+REVIEWS: dict[str, Any] = yaml.safe_load((EXAMPLES / "policies" / "reviews-split.yaml").read_text())
 
 
 def mutated(change: Any) -> dict[str, Any]:
-    doc = copy.deepcopy(REVIEWS)
+    doc: dict[str, Any] = copy.deepcopy(REVIEWS)
     change(doc)
     return doc
 
