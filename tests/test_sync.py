@@ -152,9 +152,10 @@ def test_sync_without_client_certificate_is_refused(tmp_path: Path) -> None:
         async with running_fleet(tmp_path, clusters=1) as fleet:
             async with bootstrap_channel(fleet) as channel:  # server-TLS port: no client cert
                 call = stub(channel).Sync()
-                await call.write(hub_pb2.AgentMessage(hello=hub_pb2.Hello(cluster="us-east-1",
-                                                                         protocol_version=PROTOCOL_VERSION)))
                 with pytest.raises(grpc.aio.AioRpcError) as err:
+                    # the hub refuses before reading: the write itself may already see the status
+                    await call.write(hub_pb2.AgentMessage(hello=hub_pb2.Hello(cluster="us-east-1",
+                                                                             protocol_version=PROTOCOL_VERSION)))
                     await call.read()
                 assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
             # the mutual-TLS port does not complete a handshake without a client certificate
