@@ -8,7 +8,7 @@ import os
 import sys
 
 from agent import cli as agent_cli
-from meshfleet import __version__, demo
+from meshfleet import __version__, demo, offline
 from mgmt import cli as mgmt_cli
 
 
@@ -20,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     mgmt_cli.add_parsers(sub)
     agent_cli.add_parsers(sub)
     demo.add_parser(sub)
+    offline.add_parser(sub)
     return parser
 
 
