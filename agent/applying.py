@@ -127,6 +127,19 @@ class KubernetesSink:
             "data": {"objects": json.dumps(items)},
         })
 
+    def holds(self, objects: Iterable[Mapping[str, Any]]) -> bool:
+        rendered = {Ref.of(o): o for o in objects}
+        try:
+            if self.inventory() != set(rendered):
+                return False
+            for ref, obj in rendered.items():
+                found = self._get(ref)
+                if found is None or not owned_by(found, self.cluster) or not contains(found, obj):
+                    return False
+        except ApiException:
+            return False
+        return True
+
     # apply ------------------------------------------------------------------------------------
     @contextmanager
     def _step(self, what: object) -> Iterator[None]:

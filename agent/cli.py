@@ -10,7 +10,13 @@ import signal
 import sys
 from pathlib import Path
 
+import kubernetes.config
+from kubernetes.client import ApiClient, Configuration
+
+from agent.applying import KubernetesSink
+from agent.discovering import ClusterDiscovery
 from agent.identity import IdentityError
+from agent.kubeapi import Rest
 from agent.settings import AgentSettings
 from agent.syncing import Agent, AgentFatal
 
@@ -26,14 +32,37 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
                    "--token-file or $MESHFLEET_JOIN_TOKEN, which other users cannot read in the process list")
     p.add_argument("--token-file", type=Path, help="file holding the join token")
     p.add_argument("--state-dir", type=Path, required=True, help="agent key, certificates, applied intent")
-    p.add_argument("--inventory", type=Path, required=True, help="YAML file of this cluster's services")
-    p.add_argument("--output", type=Path, required=True, help="directory the manifests are written to")
+    embedded = p.add_argument_group("embedded mode (no Kubernetes): both")
+    embedded.add_argument("--inventory", type=Path, help="YAML file of this cluster's services")
+    embedded.add_argument("--output", type=Path, help="directory the manifests are written to")
+    kube = p.add_argument_group("Kubernetes mode: one of")
+    kube.add_argument("--kubeconfig", type=Path, help="kubeconfig of the cluster this agent serves")
+    kube.add_argument("--in-cluster", action="store_true", help="use the pod's service account")
+    kube.add_argument("--discovery-interval", type=float, default=10.0,
+                      help="seconds between listings of Services and Pods (default %(default)s)")
     p.add_argument("--cluster-domain", default="cluster.local")
     p.add_argument("--heartbeat-interval", type=float, default=5.0, help="seconds (default %(default)s)")
     p.set_defaults(func=run_agent)
 
 
+def kubernetes_client(args: argparse.Namespace) -> ApiClient:
+    """The client for --kubeconfig or --in-cluster; raises ConfigException with the loader's message."""
+    if args.in_cluster:
+        configuration = Configuration()
+        kubernetes.config.load_incluster_config(client_configuration=configuration)
+        return ApiClient(configuration)
+    client: ApiClient = kubernetes.config.new_client_from_config(config_file=str(args.kubeconfig))
+    return client
+
+
 def run_agent(args: argparse.Namespace) -> int:
+    kube_mode = bool(args.kubeconfig or args.in_cluster)
+    if args.kubeconfig and args.in_cluster:
+        print("error: give --kubeconfig or --in-cluster, not both", file=sys.stderr)
+        return 2
+    if not kube_mode and not (args.inventory and args.output):
+        print("error: give --inventory and --output (embedded mode), or --kubeconfig / --in-cluster", file=sys.stderr)
+        return 2
     token = args.token or os.environ.get("MESHFLEET_JOIN_TOKEN")
     if args.token_file is not None:
         try:
@@ -45,10 +74,20 @@ def run_agent(args: argparse.Namespace) -> int:
                              token=token, state_dir=args.state_dir, inventory=args.inventory,
                              output=args.output, cluster_domain=args.cluster_domain,
                              heartbeat_interval=args.heartbeat_interval,
-                             stream_timeout=4 * args.heartbeat_interval)
+                             stream_timeout=4 * args.heartbeat_interval,
+                             poll_interval=args.discovery_interval if kube_mode else 1.0)
+    sink: KubernetesSink | None = None
+    discovery: ClusterDiscovery | None = None
+    if kube_mode:
+        try:
+            rest = Rest(kubernetes_client(args))
+        except (kubernetes.config.ConfigException, OSError) as exc:
+            print(f"error: cannot configure the Kubernetes client: {exc}", file=sys.stderr)
+            return 2
+        sink, discovery = KubernetesSink(rest, args.cluster), ClusterDiscovery(rest)
 
     async def main() -> None:
-        agent = Agent(settings)
+        agent = Agent(settings, sink=sink, discovery=discovery)
         task = asyncio.create_task(agent.run())
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

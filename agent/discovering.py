@@ -9,10 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
-from agent.inventory import PROTOCOLS, Inventory, LocalService
-from agent.kubeapi import Rest
+from kubernetes.client.exceptions import ApiException
+
+from agent.inventory import PROTOCOLS, Inventory, InventoryError, LocalService
+from agent.inventory import parse as parse_inventory
+from agent.kubeapi import Rest, api_message
 from meshfleet.intents import EAST_WEST_PORT, Port, Subset
 from meshfleet.names import dns1123_label_error
 
@@ -95,6 +99,28 @@ def inventory_from_cluster(services: Iterable[Mapping[str, Any]], pods: Iterable
     return Inventory(address, port or EAST_WEST_PORT, tuple(sorted(found, key=lambda s: (s.namespace, s.name))))
 
 
+class DiscoveryFailed(Exception):
+    """What the cluster runs could not be read; the agent keeps reporting the last good answer."""
+
+
+class DiscoverySource(Protocol):
+    def read(self) -> Inventory:
+        """What the cluster runs now; raises DiscoveryFailed."""
+
+
+class InventoryFile:
+    """The embedded source: a YAML inventory file, read anew each time (it is small)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def read(self) -> Inventory:
+        try:
+            return parse_inventory(self.path.read_text(errors="replace"), str(self.path))
+        except (OSError, InventoryError) as exc:
+            raise DiscoveryFailed(str(exc)) from exc
+
+
 class ClusterDiscovery:
     """Lists Services, Pods and the gateway Service with the real client (reads only)."""
 
@@ -107,10 +133,14 @@ class ClusterDiscovery:
         items: Sequence[Mapping[str, Any]] = listed.get("items") or []
         return items
 
-    def discover(self) -> Inventory:
-        services = self._items("services")
+    def read(self) -> Inventory:
+        try:
+            services = self._items("services")
+            pods = self._items("pods")
+        except ApiException as exc:
+            raise DiscoveryFailed(f"listing Services and Pods failed: {api_message(exc)}") from exc
         wanted = (self.settings.gateway_namespace, self.settings.gateway_service)
         gateway = next((s for s in services
                         if ((s.get("metadata") or {}).get("namespace"), (s.get("metadata") or {}).get("name"))
                         == wanted), None)
-        return inventory_from_cluster(services, self._items("pods"), gateway, self.settings)
+        return inventory_from_cluster(services, pods, gateway, self.settings)

@@ -16,10 +16,10 @@ class AgentSettings:
     """This cluster's name, as registered on the hub."""
     state_dir: Path
     """Where the agent keeps its key (0600), certificates and the last applied intent."""
-    inventory: Path
-    """YAML file listing this cluster's services and east-west gateway."""
-    output: Path
-    """Directory the rendered manifests are written to."""
+    inventory: Path | None = None
+    """YAML file listing this cluster's services and east-west gateway (embedded mode)."""
+    output: Path | None = None
+    """Directory the rendered manifests are written to (embedded mode)."""
     token: str | None = None
     """Join token from `meshfleet cluster add`; needed only until the agent has registered."""
     hub_bootstrap: str | None = None
@@ -35,4 +35,4 @@ class AgentSettings:
     backoff_max: float = 30.0
     """Cap of the reconnect delay."""
     poll_interval: float = 1.0
-    """How often the inventory file is checked for changes."""
+    """How often discovery runs (the inventory file is re-read, or the cluster's Services listed)."""

@@ -23,11 +23,11 @@ import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from agent import inventory as inventories
+from agent.discovering import DiscoveryFailed, DiscoverySource, InventoryFile
 from agent.identity import Identity, IdentityStore
 from agent.render import RenderContext, render
 from agent.settings import AgentSettings
-from agent.writing import DirectorySink, SinkError
+from agent.writing import DirectorySink, Sink, SinkError
 from meshfleet import __version__, jointokens
 from meshfleet.files import atomic_write
 from meshfleet.intents import PROTOCOL_VERSION, IntentError, decode, version_of
@@ -108,23 +108,31 @@ class AppliedCache:
 
 
 class Agent:
-    def __init__(self, settings: AgentSettings, rng: Callable[[], float] = random.random) -> None:
+    def __init__(self, settings: AgentSettings, rng: Callable[[], float] = random.random,
+                 sink: Sink | None = None, discovery: DiscoverySource | None = None) -> None:
+        """`sink` and `discovery` default to the embedded ones: the output directory and the inventory file."""
         self.settings = settings
         self.rng = rng
         self.identities = IdentityStore(settings.state_dir)
         self.cache = AppliedCache(settings.state_dir)
-        self.sink = DirectorySink(settings.output)
+        if sink is None:
+            if settings.output is None:
+                raise ValueError("an output directory is needed when not applying to Kubernetes")
+            sink = DirectorySink(settings.output)
+        if discovery is None:
+            if settings.inventory is None:
+                raise ValueError("an inventory file is needed when not discovering from Kubernetes")
+            discovery = InventoryFile(settings.inventory)
+        self.sink: Sink = sink
+        self.discovery: DiscoverySource = discovery
         self.ctx = RenderContext(settings.cluster, settings.cluster_domain)
+        self.objects = 0
         self.applied = self._verified_cache()
         self._applying: asyncio.Future[hub_pb2.AgentMessage] | None = None
         self.connected = asyncio.Event()
-        try:
-            self.objects = len(self.sink.owned())
-        except SinkError:
-            self.objects = 0  # reported by the first apply, which refuses to touch the directory
         self.received: list[str] = []  # versions pushed to this agent, in order (for status and tests)
         self.last_error = ""
-        self._inventory_bytes: bytes | None = None
+        self._discovery_error = ""
         self._report: hub_pb2.DiscoveryReport | None = None
 
     def _verified_cache(self) -> Applied | None:
@@ -139,11 +147,12 @@ class Agent:
         try:
             objects = render(decode(cached.version, cached.content), self.ctx)
             if self.sink.holds(objects):
+                self.objects = len(objects)
                 return cached
         except (IntentError, SinkError) as exc:
             log.warning("cached intent unusable (%s)", exc)
-        log.warning("output %s differs from the cached intent %s; asking the hub to push it again",
-                    self.settings.output, cached.version[:12])
+        log.warning("what the cluster holds differs from the cached intent %s; asking the hub to push it again",
+                    cached.version[:12])
         return None
 
     @property
@@ -192,25 +201,15 @@ class Agent:
 
     # discovery --------------------------------------------------------------------------------
     def _read_inventory(self) -> hub_pb2.DiscoveryReport | None:
-        """The report to send if the inventory changed and is valid, else None."""
-        path = self.settings.inventory
+        """The report to send if what the cluster runs changed and could be read, else None."""
         try:
-            # compared by content: mtime/size miss a same-size edit within one timestamp tick
-            data = path.read_bytes()
-        except OSError as exc:
-            if self._inventory_bytes != b"<unreadable>":
-                log.error("cannot read inventory %s: %s (keeping the last report)", path, exc)
-                self._inventory_bytes = b"<unreadable>"
+            inv = self.discovery.read()
+        except DiscoveryFailed as exc:
+            if str(exc) != self._discovery_error:
+                log.error("discovery failed, keeping the last report: %s", exc)
+                self._discovery_error = str(exc)
             return None
-        if data == self._inventory_bytes:
-            return None
-        self._inventory_bytes = data
-        text = data.decode(errors="replace")
-        try:
-            inv = inventories.parse(text, str(path))
-        except inventories.InventoryError as exc:
-            log.error("inventory rejected, keeping the last report: %s", exc)
-            return None
+        self._discovery_error = ""
         report = hub_pb2.DiscoveryReport(
             cluster=self.settings.cluster,
             gateway=hub_pb2.Gateway(address=inv.gateway_address, port=inv.gateway_port),
@@ -292,9 +291,8 @@ class Agent:
         await outbox.put(hub_pb2.AgentMessage(hello=hub_pb2.Hello(
             cluster=s.cluster, agent_version=__version__, protocol_version=PROTOCOL_VERSION,
             applied_version=self.applied_version)))
-        self._inventory_bytes = None
         self._report = None
-        report = self._read_inventory()
+        report = await asyncio.to_thread(self._read_inventory)
         if report is not None:
             await outbox.put(hub_pb2.AgentMessage(discovery=report))
 

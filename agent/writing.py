@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 
@@ -40,6 +40,16 @@ class ApplyResult:
 
 
 _RELATIVE = re.compile(r"^[a-z0-9][-a-z0-9]*/[a-z]+-[a-z0-9][-.a-z0-9]*\.yaml$")
+
+
+class Sink(Protocol):
+    """Where rendered objects go: a directory (GitOps) or a cluster's API server."""
+
+    def apply(self, objects: Iterable[Mapping[str, Any]]) -> ApplyResult:
+        """Make the target hold exactly `objects` among what the agent owns; raises SinkError."""
+
+    def holds(self, objects: Iterable[Mapping[str, Any]]) -> bool:
+        """True if the target already holds exactly these objects (used to trust a cached intent)."""
 
 
 def relative_path(obj: Mapping[str, Any]) -> str:

@@ -16,8 +16,10 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -84,7 +86,8 @@ class Fleet:
     def output(self, cluster: str) -> Path:
         return self.workdir / "clusters" / cluster
 
-    async def start(self) -> None:
+    async def start(self, agents: Iterable[str] | None = None) -> None:
+        """Start the hub, enroll every cluster, and start the agents named (default: all)."""
         await self.hub.start()
         for c in self.clusters:
             if self.hub.registry.cluster(c.name) is None:
@@ -93,8 +96,8 @@ class Fleet:
                 self.tokens[c.name] = str(issued.token)
         self.hub.refresh_clusters()
         self.hub.mark_dirty()
-        for c in self.clusters:
-            self.start_agent(c.name)
+        for name in [c.name for c in self.clusters] if agents is None else agents:
+            self.start_agent(name)
 
     def agent_settings(self, cluster: str) -> AgentSettings:
         c = next(x for x in self.clusters if x.name == cluster)
@@ -104,8 +107,9 @@ class Fleet:
                              stream_timeout=4 * self.heartbeat, backoff_initial=0.1, backoff_max=2.0,
                              poll_interval=0.2)
 
-    def start_agent(self, cluster: str) -> Agent:
-        agent = self.agent_class(self.agent_settings(cluster))
+    def start_agent(self, cluster: str, **adapters: Any) -> Agent:
+        """Start `cluster`'s agent; `adapters` (sink=, discovery=) replace the embedded ones."""
+        agent = self.agent_class(self.agent_settings(cluster), **adapters)
         self.agents[cluster] = agent
         self.tasks[cluster] = asyncio.create_task(agent.run(), name=f"agent-{cluster}")
         return agent

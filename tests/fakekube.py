@@ -155,6 +155,7 @@ DEFAULT_KINDS: Final[tuple[Kind, ...]] = (
     Kind("", "v1", "Secret", "secrets"),
     Kind("", "v1", "ConfigMap", "configmaps", short_names=("cm",)),
     Kind("", "v1", "Service", "services", status=True, short_names=("svc",)),
+    Kind("", "v1", "Pod", "pods", status=True, short_names=("po",)),
     Kind("", "v1", "Endpoints", "endpoints", short_names=("ep",)),
     Kind("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices"),
     # Istio 1.30 serves v1 (preferred, listed first), v1beta1 and v1alpha3 of networking, v1 and v1beta1 of security.

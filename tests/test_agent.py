@@ -83,7 +83,7 @@ def test_an_apply_outlives_the_stream_that_brought_it(tmp_path: Path) -> None:
             gate.wait(5)
             return real_apply(objects)
 
-        a.sink.apply = slow_apply  # type: ignore[method-assign]
+        a.sink.apply = slow_apply  # type: ignore[method-assign,unused-ignore]
         task = asyncio.create_task(a.handle_intent(push(version, content)))
         await asyncio.sleep(0.05)
         task.cancel()  # what losing the stream does to the reader
