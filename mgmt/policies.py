@@ -169,3 +169,31 @@ def parse_file(text: str, filename: str) -> tuple[list[TrafficPolicy], list[Poli
         except _Invalid as exc:
             errors.append(PolicyError(filename, _line_of(node, exc.path), exc.message))
     return policies, errors
+
+
+# ObjectMeta the API server fills in; a CR carries them, a policy file does not
+_SERVER_METADATA = ("uid", "resourceVersion", "generation", "creationTimestamp", "managedFields", "finalizers",
+                    "ownerReferences", "deletionTimestamp", "deletionGracePeriodSeconds", "generateName", "selfLink")
+# in the CRD already, not translated yet: refused by name rather than mistaken for typos
+_NOT_YET = (("spec", "http"), ("spec", "destination", "multiclusterService"))
+
+
+def parse_resource(obj: Mapping[str, Any]) -> TrafficPolicy:
+    """A TrafficPolicy custom resource as read from the API server; raises ValueError naming the field."""
+    meta = {k: v for k, v in (obj.get("metadata") or {}).items() if k not in _SERVER_METADATA}
+    doc = {k: v for k, v in obj.items() if k != "status"} | {"metadata": meta}
+    for path in _NOT_YET:
+        node: Any = doc
+        for step in path:
+            node = node.get(step) if isinstance(node, dict) else None
+        if node is not None:
+            raise ValueError(f"{'.'.join(path)} is not supported by this hub version yet")
+    if any(isinstance(r, dict) and "subset" in r for r in (doc.get("spec") or {}).get("route") or []):
+        raise ValueError("spec.route[].subset is not supported by this hub version yet")
+    where = f"TrafficPolicy {meta.get('namespace')}/{meta.get('name')}"
+    try:
+        if doc.get("apiVersion") != API_VERSION or doc.get("kind") not in KINDS:
+            raise _Invalid((), f"expected {API_VERSION} TrafficPolicy, got {doc.get('apiVersion')} {doc.get('kind')}")
+        return _traffic_policy(doc, where)
+    except _Invalid as exc:
+        raise ValueError(exc.message) from exc

@@ -36,7 +36,7 @@ from mgmt.registry import ClusterStatus, Registry
 from mgmt.settings import HubSettings, bootstrap_address
 from mgmt.tokens import TokenRejected
 from mgmt.translate import Problem, translate
-from mgmt.watching import DirectoryPolicySource
+from mgmt.watching import DirectoryPolicySource, PolicySource
 
 log = logging.getLogger(__name__)
 
@@ -87,12 +87,15 @@ def _now() -> float:
 
 
 class Hub(hub_pb2_grpc.HubServicer):
-    def __init__(self, settings: HubSettings) -> None:
+    def __init__(self, settings: HubSettings, source: PolicySource | None = None) -> None:
+        """`source` replaces the policy directory (e.g. the hub cluster's custom resources)."""
         self.settings = settings
         self.registry = Registry(settings.state_dir)
         self.ca = load_or_create_ca(settings.state_dir, dt.datetime.now(dt.UTC))
-        self.source = (DirectoryPolicySource(settings.policies_dir, self.registry.get_meta("policy_last_good"))
-                       if settings.policies_dir else None)
+        if source is None and settings.policies_dir is not None:
+            source = DirectoryPolicySource(settings.policies_dir, self.registry.get_meta("policy_last_good"))
+        self.source = source
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.clusters: dict[str, ClusterRef] = {}
         self.discovery: dict[str, Discovery] = {}
         self.intents: dict[str, Intent] = {}
@@ -113,6 +116,7 @@ class Hub(hub_pb2_grpc.HubServicer):
     # lifecycle --------------------------------------------------------------------------------
     async def start(self) -> None:
         s = self.settings
+        self._loop = asyncio.get_running_loop()
         key_pem, cert_pem = ensure_server_certificate(s.state_dir, self.ca, s.advertise_hosts,
                                                       dt.datetime.now(dt.UTC))
         self._load_state()
@@ -229,6 +233,16 @@ class Hub(hub_pb2_grpc.HubServicer):
                 log.warning("policy %s: %s", p.policy, p.message)
             self.problems = new
             self._save_problems()
+
+    def policy_changed(self) -> None:
+        """Thread-safe nudge from a push-based source (a CR watch): rescan now, not at the next poll."""
+        if self._loop is not None and not self._stopped:
+            self._loop.call_soon_threadsafe(self._rescan)
+
+    def _rescan(self) -> None:
+        if self.source is not None and not self._stopped and self.source.scan():
+            self._save_problems()
+            self.mark_dirty()
 
     def _save_problems(self) -> None:
         """Persist what the policy source reports, and its last good files (for a restart)."""

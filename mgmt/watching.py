@@ -14,6 +14,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from mgmt.model import TrafficPolicy
 from mgmt.policies import PolicyError, parse_file
@@ -27,6 +28,19 @@ class _FileState:
     good: list[TrafficPolicy] = field(default_factory=list)
     errors: list[PolicyError] = field(default_factory=list)
     good_text: str | None = None
+
+
+class PolicySource(Protocol):
+    """Where the hub's policies come from: a directory (embedded, GitOps) or the hub cluster's CRs."""
+
+    policies: tuple[TrafficPolicy, ...]
+    errors: tuple[PolicyError, ...]
+
+    def scan(self) -> bool:
+        """Take in changes; True if `policies` or `errors` changed."""
+
+    def last_good(self) -> dict[str, str]:
+        """Text to persist so a restarted hub can keep policies whose source is broken ({} if not needed)."""
 
 
 class DirectoryPolicySource:
