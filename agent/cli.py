@@ -10,15 +10,13 @@ import signal
 import sys
 from pathlib import Path
 
-import kubernetes.config
-from kubernetes.client import ApiClient, Configuration
-
 from agent.applying import KubernetesSink
 from agent.discovering import ClusterDiscovery
 from agent.identity import IdentityError
 from agent.kubeapi import Rest
 from agent.settings import AgentSettings
 from agent.syncing import Agent, AgentFatal
+from meshfleet.kubeclients import KubeConfigError, kubernetes_client
 
 log = logging.getLogger("meshfleet.agent")
 
@@ -45,21 +43,8 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.set_defaults(func=run_agent)
 
 
-def kubernetes_client(args: argparse.Namespace) -> ApiClient:
-    """The client for --kubeconfig or --in-cluster; raises ConfigException with the loader's message."""
-    if args.in_cluster:
-        configuration = Configuration()
-        kubernetes.config.load_incluster_config(client_configuration=configuration)
-        return ApiClient(configuration)
-    client: ApiClient = kubernetes.config.new_client_from_config(config_file=str(args.kubeconfig))
-    return client
-
-
 def run_agent(args: argparse.Namespace) -> int:
     kube_mode = bool(args.kubeconfig or args.in_cluster)
-    if args.kubeconfig and args.in_cluster:
-        print("error: give --kubeconfig or --in-cluster, not both", file=sys.stderr)
-        return 2
     if not kube_mode and not (args.inventory and args.output):
         print("error: give --inventory and --output (embedded mode), or --kubeconfig / --in-cluster", file=sys.stderr)
         return 2
@@ -80,9 +65,9 @@ def run_agent(args: argparse.Namespace) -> int:
     discovery: ClusterDiscovery | None = None
     if kube_mode:
         try:
-            rest = Rest(kubernetes_client(args))
-        except (kubernetes.config.ConfigException, OSError) as exc:
-            print(f"error: cannot configure the Kubernetes client: {exc}", file=sys.stderr)
+            rest = Rest(kubernetes_client(args.kubeconfig, args.in_cluster))
+        except KubeConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
             return 2
         sink, discovery = KubernetesSink(rest, args.cluster), ClusterDiscovery(rest)
 

@@ -11,9 +11,11 @@ import sys
 import time
 from pathlib import Path
 
+from meshfleet.kubeclients import KubeConfigError, kubernetes_client
 from meshfleet.names import parse_duration
 from mgmt import status as status_view
 from mgmt.enrollment import IssuedToken, add_cluster, issue_token
+from mgmt.kubewatching import KubePolicySource, ResourceWatch
 from mgmt.registry import Registry, RegistryError
 from mgmt.serving import Hub
 from mgmt.settings import HubSettings
@@ -26,7 +28,9 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     hub.add_argument("--state-dir", type=Path, required=True, help="hub state: registry, CA, keys")
     hub.add_argument("--listen", default="127.0.0.1:7443", help="mutual-TLS Sync address (default %(default)s)")
     hub.add_argument("--bootstrap-listen", help="Register address (default: the listen port + 1)")
-    hub.add_argument("--policies", type=Path, help="directory of policy YAML files")
+    hub.add_argument("--policies", type=Path, help="directory of policy YAML files (embedded mode)")
+    hub.add_argument("--kubeconfig", type=Path, help="watch TrafficPolicy custom resources in this cluster")
+    hub.add_argument("--in-cluster", action="store_true", help="watch custom resources with the pod's account")
     hub.add_argument("--advertise-host", action="append", default=[],
                      help="extra DNS name or IP agents use to reach the hub (repeatable)")
     hub.add_argument("--heartbeat-interval", type=float, default=5.0, help="seconds (default %(default)s)")
@@ -123,9 +127,24 @@ def run_hub(args: argparse.Namespace) -> int:
                            heartbeat_interval=args.heartbeat_interval, liveness_grace=args.liveness_grace,
                            stream_timeout=max(args.liveness_grace, 4 * args.heartbeat_interval))
 
+    watch: ResourceWatch | None = None
+    if args.kubeconfig or args.in_cluster:
+        if args.policies:
+            print("error: give --policies (embedded mode) or --kubeconfig / --in-cluster, not both", file=sys.stderr)
+            return 2
+        try:
+            api = kubernetes_client(args.kubeconfig, args.in_cluster)
+        except KubeConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        watch = ResourceWatch(api, "trafficpolicies", on_change=lambda: None)
+
     async def main() -> None:
-        hub = Hub(settings)
+        hub = Hub(settings, source=KubePolicySource(watch) if watch else None)
         await hub.start()
+        if watch is not None:
+            watch.on_change = hub.policy_changed  # every watched change triggers a rescan at once
+            watch.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -134,6 +153,8 @@ def run_hub(args: argparse.Namespace) -> int:
             await stop.wait()
         finally:
             log.info("hub stopping")
+            if watch is not None:
+                await asyncio.to_thread(watch.stop)
             await hub.stop()
 
     try:

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from meshfleet import jointokens
 from meshfleet.cli import main
@@ -136,3 +137,63 @@ def test_demo_that_cannot_converge_in_time_exits_1(tmp_path: Path) -> None:
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
     assert "did not converge within 0.001 s" in result.stderr
+
+
+def kubeconfig(path: Path, url: str) -> Path:
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "fake",
+        "clusters": [{"name": "fake", "cluster": {"server": url}}],
+        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "nobody"}}],
+        "users": [{"name": "nobody", "user": {}}]}))
+    return path
+
+
+@pytest.mark.slow
+def test_hub_and_agent_in_kubernetes_mode(tmp_path: Path) -> None:
+    """`hub --kubeconfig` watches CRs on one fake API server; `agent --kubeconfig` applies to another."""
+    from kubernetes.client import CustomObjectsApi
+
+    from tests.fakekube import FakeKube
+
+    with FakeKube() as hub_cluster, FakeKube() as workload:
+        workload.put({"apiVersion": "v1", "kind": "Service", "metadata": {"namespace": "bookinfo", "name": "reviews"},
+                      "spec": {"selector": {"app": "reviews"}, "ports": [{"name": "http", "port": 9080}]}})
+        hub_dir, port, bport = tmp_path / "hub", free_port(), free_port()
+        token = subprocess.run(meshfleet("cluster", "add", "us-east-1", "--region", "us-east", "--zone", "a",
+                                         "--network", "n1", "--state-dir", str(hub_dir)),
+                               check=True, capture_output=True, text=True).stdout.strip()
+        logs = [(tmp_path / "hub.log").open("w"), (tmp_path / "agent.log").open("w")]
+        procs = [subprocess.Popen(meshfleet("hub", "--state-dir", str(hub_dir), "--listen", f"127.0.0.1:{port}",
+                                            "--bootstrap-listen", f"127.0.0.1:{bport}", "--kubeconfig",
+                                            str(kubeconfig(tmp_path / "hub.kubeconfig", hub_cluster.url))),
+                                  stderr=logs[0]),
+                 subprocess.Popen(meshfleet("agent", "--hub", f"127.0.0.1:{port}", "--hub-bootstrap",
+                                            f"127.0.0.1:{bport}", "--cluster", "us-east-1", "--token", token,
+                                            "--state-dir", str(tmp_path / "agent"), "--kubeconfig",
+                                            str(kubeconfig(tmp_path / "agent.kubeconfig", workload.url)),
+                                            "--discovery-interval", "0.5"), stderr=logs[1])]
+        try:
+            with hub_cluster.api_client() as api:
+                policy = {"apiVersion": "meshfleet.io/v1alpha1", "kind": "TrafficPolicy",
+                          "metadata": {"name": "reviews-local", "namespace": "bookinfo"},
+                          "spec": {"destination": {"service": "reviews"},
+                                   "route": [{"cluster": "us-east-1", "weight": 100}]}}
+                CustomObjectsApi(api).patch_namespaced_custom_object(
+                    "meshfleet.io", "v1alpha1", "bookinfo", "trafficpolicies", "reviews-local", policy,
+                    field_manager="kubectl", force=True, _content_type="application/apply-patch+yaml")
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                vs = workload.get("networking.istio.io/v1", "VirtualService", "reviews-global", "bookinfo")
+                if vs is not None:
+                    break
+                time.sleep(0.2)
+            assert vs is not None, [(tmp_path / f"{n}.log").read_text()[-2000:] for n in ("hub", "agent")]
+            assert vs["spec"]["http"][0]["route"] == [
+                {"destination": {"host": "reviews.bookinfo.global", "subset": "us-east-1"}, "weight": 100}]
+        finally:
+            for p in reversed(procs):
+                p.send_signal(signal.SIGTERM)
+            codes = [p.wait(timeout=15) for p in procs]
+            for log in logs:
+                log.close()
+        assert codes == [0, 0], [(tmp_path / f"{n}.log").read_text()[-2000:] for n in ("hub", "agent")]
