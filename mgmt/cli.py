@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+from kubernetes.client import ApiClient
+
 from meshfleet.kubeclients import KubeConfigError, kubernetes_client
 from meshfleet.names import parse_duration
 from mgmt import status as status_view
@@ -19,6 +21,7 @@ from mgmt.kubewatching import KubePolicySource, ResourceWatch
 from mgmt.registry import Registry, RegistryError
 from mgmt.serving import Hub
 from mgmt.settings import HubSettings
+from mgmt.statuswriting import PolicyStatusWriter
 
 log = logging.getLogger("meshfleet.hub")
 
@@ -128,6 +131,7 @@ def run_hub(args: argparse.Namespace) -> int:
                            stream_timeout=max(args.liveness_grace, 4 * args.heartbeat_interval))
 
     watch: ResourceWatch | None = None
+    api: ApiClient | None = None
     if args.kubeconfig or args.in_cluster:
         if args.policies:
             print("error: give --policies (embedded mode) or --kubeconfig / --in-cluster, not both", file=sys.stderr)
@@ -140,11 +144,14 @@ def run_hub(args: argparse.Namespace) -> int:
         watch = ResourceWatch(api, "trafficpolicies", on_change=lambda: None)
 
     async def main() -> None:
-        hub = Hub(settings, source=KubePolicySource(watch) if watch else None)
+        source = KubePolicySource(watch) if watch else None
+        hub = Hub(settings, source=source)
         await hub.start()
-        if watch is not None:
+        writer: asyncio.Task[None] | None = None
+        if watch is not None and source is not None and api is not None:
             watch.on_change = hub.policy_changed  # every watched change triggers a rescan at once
             watch.start()
+            writer = asyncio.create_task(PolicyStatusWriter(hub, source, api).run())
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -153,6 +160,8 @@ def run_hub(args: argparse.Namespace) -> int:
             await stop.wait()
         finally:
             log.info("hub stopping")
+            if writer is not None:
+                writer.cancel()
             if watch is not None:
                 await asyncio.to_thread(watch.stop)
             await hub.stop()

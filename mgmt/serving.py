@@ -34,6 +34,7 @@ from mgmt.identities import (
 from mgmt.model import Discovery, DiscoveryError, Snapshot, discovery_from_json
 from mgmt.registry import ClusterStatus, Registry
 from mgmt.settings import HubSettings, bootstrap_address
+from mgmt.statuses import ClusterFacts, policy_digest
 from mgmt.tokens import TokenRejected
 from mgmt.translate import Problem, translate
 from mgmt.watching import DirectoryPolicySource, PolicySource
@@ -101,6 +102,9 @@ class Hub(hub_pb2_grpc.HubServicer):
         self.intents: dict[str, Intent] = {}
         self.statuses: dict[str, ClusterStatus] = {}
         self.problems: tuple[Problem, ...] = ()
+        # per cluster: the problems of its last translation, and the policies each recent version carries
+        self.cluster_problems: dict[str, dict[str, list[str]]] = {}
+        self.included: dict[str, dict[str, dict[str, str]]] = {}
         self.sessions: dict[str, Session] = {}
         self._deadlines: dict[str, asyncio.TimerHandle] = {}
         self._dirty_status = False
@@ -183,9 +187,8 @@ class Hub(hub_pb2_grpc.HubServicer):
         created = {n: r.created_at for n, r in records.items()}
         for name in [n for n, at in self._created.items() if created.get(n) != at]:
             # removed, or removed and added again: nothing of the old cluster may linger
-            self.intents.pop(name, None)
-            self.discovery.pop(name, None)
-            self.statuses.pop(name, None)
+            for per_cluster in (self.intents, self.discovery, self.statuses, self.included, self.cluster_problems):
+                per_cluster.pop(name, None)
         self._created = created
         clusters = {n: ClusterRef(r.name, r.region, r.zone, r.network) for n, r in records.items()}
         for name in clusters:
@@ -216,10 +219,13 @@ class Hub(hub_pb2_grpc.HubServicer):
         snapshot = self.snapshot()
         problems: set[Problem] = set()
         encoder = Encoder()
+        digests = {p.key: policy_digest(p) for p in snapshot.policies}
         for name in sorted(snapshot.clusters):
             result = translate(snapshot, name)
             problems.update(result.problems)
             version, content = encoder.encode(result.intent)
+            self._remember(name, version, {t.policy: digests[t.policy] for t in result.intent.traffic},
+                           result.problems)
             current = self.intents.get(name)
             if current is None or current.version != version:
                 self.intents[name] = Intent(version, content)
@@ -243,6 +249,26 @@ class Hub(hub_pb2_grpc.HubServicer):
         if self.source is not None and not self._stopped and self.source.scan():
             self._save_problems()
             self.mark_dirty()
+
+    def _remember(self, cluster: str, version: str, carried: dict[str, str], problems: tuple[Problem, ...]) -> None:
+        """Which policies `version` carries to `cluster` (the last few versions), for per-cluster status."""
+        self.cluster_problems[cluster] = {}
+        for p in problems:
+            self.cluster_problems[cluster].setdefault(p.policy, []).append(p.message)
+        versions = self.included.setdefault(cluster, {})
+        versions.pop(version, None)
+        versions[version] = carried
+        keep = {version, self.statuses[cluster].acked_version} if cluster in self.statuses else {version}
+        for old in [v for v in versions if v not in keep][:-8]:
+            del versions[old]
+
+    def facts(self) -> dict[str, ClusterFacts]:
+        """Per cluster, what policy status is computed from."""
+        return {name: ClusterFacts(desired=self.intents[name].version if name in self.intents else "",
+                                   acked=st.acked_version, nack_version=st.nack_version, nack_error=st.nack_error,
+                                   included=dict(self.included.get(name, {})),
+                                   problems=dict(self.cluster_problems.get(name, {})))
+                for name, st in self.statuses.items() if name in self.clusters}
 
     def _save_problems(self) -> None:
         """Persist what the policy source reports, and its last good files (for a restart)."""

@@ -190,6 +190,13 @@ def test_hub_and_agent_in_kubernetes_mode(tmp_path: Path) -> None:
             assert vs is not None, [(tmp_path / f"{n}.log").read_text()[-2000:] for n in ("hub", "agent")]
             assert vs["spec"]["http"][0]["route"] == [
                 {"destination": {"host": "reviews.bookinfo.global", "subset": "us-east-1"}, "weight": 100}]
+            # and the hub writes back, through the status subresource, that the cluster applied it
+            state = None
+            while time.monotonic() < deadline and state != "Applied":
+                cr = hub_cluster.get("meshfleet.io/v1alpha1", "TrafficPolicy", "reviews-local", "bookinfo") or {}
+                state = next((c["state"] for c in (cr.get("status") or {}).get("clusters", [])), None)
+                time.sleep(0.2)
+            assert state == "Applied", cr.get("status")
         finally:
             for p in reversed(procs):
                 p.send_signal(signal.SIGTERM)

@@ -16,6 +16,7 @@ from meshfleet.crdschemas import CRDSchemas
 from meshfleet.demo import EXAMPLES, Fleet, demo_clusters
 from mgmt.kubewatching import KubePolicySource, ResourceWatch, WatchSettings
 from mgmt.serving import Hub
+from mgmt.statuswriting import PolicyStatusWriter
 from tests.fakekube import FakeKube
 from tests.fleets import run, until
 
@@ -132,3 +133,62 @@ def test_examples_policies_are_valid_resources(hub_cluster: FakeKube) -> None:
         for doc in yaml.safe_load_all(path.read_text()):
             apply(hub_cluster, doc)
     assert len(hub_cluster.objects("meshfleet.io/v1alpha1", "TrafficPolicy")) == 3
+
+
+def test_status_shows_every_cluster_applied_a_nack_and_an_invalid_resource(
+        tmp_path: Path, hub_cluster: FakeKube) -> None:
+    async def scenario() -> None:
+        with hub_cluster.api_client() as api:
+            fleet = Fleet(tmp_path, demo_clusters(3, tmp_path), tmp_path / "unused", heartbeat=0.5, grace=3)
+            # ap-south-1 holds a hand-written file where its VirtualService would go: its agent NACKs
+            theirs = fleet.output("ap-south-1") / "bookinfo" / "virtualservice-reviews-global.yaml"
+            theirs.parent.mkdir(parents=True)
+            theirs.write_text("# not meshfleet's\n")
+            watch = ResourceWatch(api, "trafficpolicies", lambda: fleet.hub.policy_changed(), FAST)
+            source = KubePolicySource(watch)
+            settings = fleet.hub.settings
+            fleet.hub.registry.close()
+            fleet.hub = Hub(settings, source=source)
+            writer = PolicyStatusWriter(fleet.hub, source, api, interval=0.1)
+            await fleet.start()
+            watch.start()
+            task = asyncio.create_task(writer.run())
+            try:
+                apply(hub_cluster, policy("reviews-split", 80, 20))
+                apply(hub_cluster, {**policy("fancy", 80, 20), "spec": {
+                    "destination": {"service": "ratings"},
+                    "http": [{"name": "all", "route": [{"cluster": "us-east-1", "weight": 100}]}]}})
+
+                def status(name: str) -> dict[str, Any]:
+                    obj = hub_cluster.get("meshfleet.io/v1alpha1", "TrafficPolicy", name, "bookinfo")
+                    return (obj or {}).get("status") or {}
+
+                def states() -> dict[str, str]:
+                    return {c["cluster"]: c["state"] for c in status("reviews-split").get("clusters", [])}
+
+                await until(lambda: states() == {"us-east-1": "Applied", "eu-west-1": "Applied",
+                                                 "ap-south-1": "Rejected"}, within=20, what="per-cluster states")
+                st = status("reviews-split")
+                rejected = next(c for c in st["clusters"] if c["cluster"] == "ap-south-1")
+                assert "refusing to overwrite" in rejected["message"]
+                ready = next(c for c in st["conditions"] if c["type"] == "Ready")
+                assert (ready["status"], ready["reason"]) == ("False", "Rejected")
+                await until(lambda: bool(status("fancy").get("conditions")), within=5, what="status of fancy")
+                accepted = next(c for c in status("fancy")["conditions"] if c["type"] == "Accepted")
+                assert (accepted["status"], accepted["message"]) == (
+                    "False", "spec.http is not supported by this hub version yet")
+                # fixed: the file goes, the agent applies on the hub's retry, the status follows
+                theirs.unlink()
+                await until(lambda: set(states().values()) == {"Applied"}, within=20, what="all Applied")
+                await until(lambda: next(c for c in status("reviews-split")["conditions"]
+                                         if c["type"] == "Ready")["status"] == "True", within=5, what="Ready")
+                # nothing changes any more: several flush rounds write nothing
+                await asyncio.sleep(0.3)  # the write that made Ready True returns to the writer
+                hub_cluster.clear_requests()
+                await asyncio.sleep(0.6)
+                assert [r for r in hub_cluster.writes() if r.subresource == "status"] == []
+            finally:
+                task.cancel()
+                await asyncio.to_thread(watch.stop)
+                await fleet.stop()
+    run(scenario())

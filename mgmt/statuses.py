@@ -1,0 +1,110 @@
+"""What a policy's status says, per cluster and overall (pure: facts and `now` in, a status body out).
+
+Per cluster the policy concerns:
+* `Applied`: the cluster ACKed an intent holding this policy's current content;
+* `Rejected`: the hub could not apply it there (a conflict, nothing reachable), or the cluster
+  NACKed the intent that carries it (the agent's message, verbatim);
+* `Accepted`: the hub translated it for that cluster; the agent has not confirmed it yet.
+Conditions: `Accepted` (the hub understood the resource) and `Ready` (every cluster Applied).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from mgmt.model import TrafficPolicy
+
+
+def policy_digest(policy: TrafficPolicy) -> str:
+    """Identifies a policy's content (a CR's generation would do for CRs; files have none)."""
+    return hashlib.sha256(repr((policy.namespace, policy.name, policy.service, policy.route,
+                                policy.clients)).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class ClusterFacts:
+    """What the hub knows of one cluster, as far as policy status is concerned."""
+
+    desired: str  # version the hub wants there
+    acked: str  # version the agent confirmed
+    nack_version: str
+    nack_error: str
+    included: Mapping[str, Mapping[str, str]]  # version -> {policy key: digest} carried in that version
+    problems: Mapping[str, Sequence[str]]  # policy key -> problems translating it for this cluster
+
+
+@dataclass(frozen=True)
+class ClusterState:
+    cluster: str
+    state: str  # Accepted | Applied | Rejected
+    message: str
+    observed_version: str
+
+
+def cluster_states(key: str, digest: str, concerned: Sequence[str],
+                   facts: Mapping[str, ClusterFacts]) -> list[ClusterState]:
+    states = []
+    for cluster in sorted(concerned):
+        f = facts.get(cluster)
+        if f is None:
+            states.append(ClusterState(cluster, "Accepted", "the cluster has not connected yet", ""))
+            continue
+        carried = f.included.get(f.desired, {}).get(key) == digest
+        if f.problems.get(key) and not carried:
+            states.append(ClusterState(cluster, "Rejected", "; ".join(f.problems[key]), ""))
+        elif f.included.get(f.acked, {}).get(key) == digest:
+            states.append(ClusterState(cluster, "Applied", "", f.acked[:12]))
+        elif f.nack_version and f.nack_version == f.desired and carried:
+            states.append(ClusterState(cluster, "Rejected", f.nack_error, f.desired[:12]))
+        else:
+            states.append(ClusterState(cluster, "Accepted", "; ".join(f.problems.get(key, ())), f.desired[:12]))
+    return states
+
+
+def _condition(previous: Sequence[Mapping[str, Any]], type_: str, ok: bool, reason: str, message: str,
+               generation: int, now: str) -> dict[str, Any]:
+    """A condition; its lastTransitionTime moves only when its status does."""
+    status = "True" if ok else "False"
+    old = next((c for c in previous if c.get("type") == type_), None)
+    since = old["lastTransitionTime"] if old and old.get("status") == status and old.get("lastTransitionTime") else now
+    return {"type": type_, "status": status, "reason": reason, "message": message[:32768],
+            "observedGeneration": generation, "lastTransitionTime": since}
+
+
+def policy_status(previous: Mapping[str, Any] | None, generation: int, errors: Sequence[str],
+                  states: Sequence[ClusterState], now: str) -> dict[str, Any]:
+    """The status body of a TrafficPolicy: conditions plus clusters[]."""
+    old_conditions = list((previous or {}).get("conditions") or [])
+    if errors:
+        accepted = _condition(old_conditions, "Accepted", False, "Invalid", "; ".join(errors), generation, now)
+        ready = _condition(old_conditions, "Ready", False, "Invalid", "the resource is not translated", generation,
+                           now)
+        return {"observedGeneration": generation, "conditions": [accepted, ready], "clusters": []}
+    rejected = [s for s in states if s.state == "Rejected"]
+    pending = [s for s in states if s.state == "Accepted"]
+    accepted = _condition(old_conditions, "Accepted", True, "Translated", "", generation, now)
+    if rejected:
+        ready = _condition(old_conditions, "Ready", False, "Rejected",
+                           "; ".join(f"{s.cluster}: {s.message}" for s in rejected), generation, now)
+    elif pending:
+        ready = _condition(old_conditions, "Ready", False, "Pending",
+                           f"waiting for {', '.join(s.cluster for s in pending)}", generation, now)
+    else:
+        ready = _condition(old_conditions, "Ready", True, "Applied", f"applied in {len(states)} cluster(s)",
+                           generation, now)
+    clusters = [{"cluster": s.cluster, "state": s.state, "message": s.message, "observedVersion": s.observed_version}
+                for s in states]
+    return {"observedGeneration": generation, "conditions": [accepted, ready], "clusters": clusters}
+
+
+def same_status(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> bool:
+    """Equal but for lastTransitionTime (which only moves with a condition's status anyway)."""
+    def strip(status: Mapping[str, Any] | None) -> Any:
+        if not status:
+            return None
+        conditions = [{k: v for k, v in c.items() if k != "lastTransitionTime"} for c in status.get("conditions", [])]
+        return {**status, "conditions": conditions}
+    return bool(strip(a) == strip(b))

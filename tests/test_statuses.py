@@ -1,0 +1,63 @@
+"""Per-cluster policy state and the status body (pure)."""
+
+from __future__ import annotations
+
+import pytest
+
+from mgmt.statuses import ClusterFacts, ClusterState, cluster_states, policy_status, same_status
+
+KEY, DIGEST = "bookinfo/reviews-split", "d1"
+
+
+def facts(desired: str = "v2", acked: str = "v2", nack: tuple[str, str] = ("", ""),
+          carried: dict[str, dict[str, str]] | None = None, problems: dict[str, list[str]] | None = None
+          ) -> ClusterFacts:
+    included = carried if carried is not None else {"v1": {KEY: "d0"}, "v2": {KEY: DIGEST}}
+    return ClusterFacts(desired, acked, nack[0], nack[1], included, problems or {})
+
+
+@pytest.mark.parametrize("f, state, message", [
+    pytest.param(facts(), "Applied", "", id="acked-current"),
+    pytest.param(facts(acked="v1"), "Accepted", "", id="acked-older-content"),
+    pytest.param(facts(acked="v1", carried={"v1": {KEY: DIGEST}, "v2": {KEY: DIGEST}}), "Applied", "",
+                 id="acked-older-version-same-content"),
+    pytest.param(facts(acked="v1", nack=("v2", "refusing to overwrite x")), "Rejected", "refusing to overwrite x",
+                 id="nacked-current"),
+    pytest.param(facts(acked="v1", nack=("v0", "old trouble")), "Accepted", "", id="stale-nack-ignored"),
+    pytest.param(facts(carried={"v2": {}}, problems={KEY: ["conflicts with bookinfo/a in cluster c"]}),
+                 "Rejected", "conflicts with bookinfo/a in cluster c", id="not-carried-with-problem"),
+    pytest.param(facts(problems={KEY: ["cluster x has no reachable backend"]}), "Applied", "",
+                 id="carried-with-a-warning"),
+])
+def test_cluster_state(f: ClusterFacts, state: str, message: str) -> None:
+    [s] = cluster_states(KEY, DIGEST, ["c1"], {"c1": f})
+    assert (s.state, s.message) == (state, message)
+
+
+def test_a_cluster_that_never_connected_is_pending() -> None:
+    assert cluster_states(KEY, DIGEST, ["new"], {}) == [
+        ClusterState("new", "Accepted", "the cluster has not connected yet", "")]
+
+
+def test_ready_only_when_every_cluster_applied_and_transition_time_is_kept() -> None:
+    applied = [ClusterState("a", "Applied", "", "v2"), ClusterState("b", "Applied", "", "v2")]
+    first = policy_status(None, 3, [], applied, "T1")
+    ready = next(c for c in first["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"], ready["lastTransitionTime"], ready["observedGeneration"]) == (
+        "True", "Applied", "T1", 3)
+    again = policy_status(first, 3, [], applied, "T2")
+    assert next(c for c in again["conditions"] if c["type"] == "Ready")["lastTransitionTime"] == "T1"
+    assert same_status(first, again)
+    rejected = policy_status(again, 3, [], [applied[0], ClusterState("b", "Rejected", "nope", "v2")], "T3")
+    ready = next(c for c in rejected["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"], ready["message"], ready["lastTransitionTime"]) == (
+        "False", "Rejected", "b: nope", "T3")
+    assert rejected["clusters"][1] == {"cluster": "b", "state": "Rejected", "message": "nope", "observedVersion": "v2"}
+
+
+def test_an_invalid_resource_is_not_accepted() -> None:
+    status = policy_status(None, 1, ["spec.http is not supported"], [], "T")
+    accepted = next(c for c in status["conditions"] if c["type"] == "Accepted")
+    assert (accepted["status"], accepted["reason"], accepted["message"]) == (
+        "False", "Invalid", "spec.http is not supported")
+    assert status["clusters"] == []
