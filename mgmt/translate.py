@@ -97,6 +97,23 @@ def _service(snapshot: Snapshot, cluster: str, namespace: str, name: str) -> Ser
     return service
 
 
+def _served(snapshot: Snapshot, cluster: str, namespace: str, name: str) -> ServiceIntent | None:
+    """The serving side: a destination this cluster runs for other clusters' clients, without routes of its own.
+
+    Its east-west gateway routes a remote call by the SNI of the global host, so the cluster
+    needs that host defined with its own endpoints even when it is no client of the policy.
+    """
+    key = ("served", namespace, name, cluster)
+    if key not in snapshot.memo:
+        report = snapshot.discovery.get(cluster)
+        found = report.services.get((namespace, name)) if report else None
+        snapshot.memo[key] = None if report is None or found is None else ServiceIntent(
+            namespace, name, found.ports,
+            (Backend(snapshot.clusters[cluster], report.gateway_address, report.gateway_port, found.subsets),))
+    served: ServiceIntent | None = snapshot.memo[key]
+    return served
+
+
 def _split(snapshot: Snapshot, policy: TrafficPolicy, service: ServiceIntent) -> tuple[TrafficSplit | None, list[str]]:
     available = {b.cluster.name for b in service.backends}
     key = ("split", policy.key, frozenset(available))
@@ -145,6 +162,10 @@ def translate(snapshot: Snapshot, cluster: str) -> Translation:
         if split is not None:
             services[dest] = service
             traffic.append(split)
+    for policy in snapshot.policies:
+        dest = (policy.namespace, policy.service)
+        if dest not in services and (served := _served(snapshot, cluster, *dest)) is not None:
+            services[dest] = served
     intent = ClusterIntent(
         cluster=me,
         services=tuple(services[k] for k in sorted(services)),

@@ -65,7 +65,7 @@ def test_every_rendered_object_is_valid_for_istio(tmp_path: Path, count: int) ->
             errors = schemas.validate(obj)
             assert not errors, f"{cluster} {obj['kind']}/{obj['metadata']['name']}: {[str(e) for e in errors]}"
     if count > 1:
-        assert kinds == {"ServiceEntry", "DestinationRule", "VirtualService"}
+        assert kinds == {"ServiceEntry", "DestinationRule", "VirtualService", "Gateway"}
 
 
 def test_validation_is_strict_about_fields_the_api_server_would_drop(tmp_path: Path) -> None:
@@ -112,11 +112,27 @@ def test_tcp_services_get_tcp_routes(tmp_path: Path) -> None:
                                                              "subset": "ap-south-1"}, "weight": 100}]}]
 
 
-def test_a_cluster_outside_the_clients_gets_nothing_of_that_policy(tmp_path: Path) -> None:
+def test_a_backing_cluster_outside_the_clients_only_serves(tmp_path: Path) -> None:
+    """ratings-for-eu routes eu-west-1's clients to us-east-1 and ap-south-1: those two serve, no more."""
     objs = rendered(example_snapshot(3, tmp_path))
-    assert not [o for o in objs["us-east-1"] if o["metadata"]["name"] == "ratings-global"]
     assert [o["kind"] for o in objs["eu-west-1"] if o["metadata"]["name"] == "ratings-global"] == [
         "DestinationRule", "ServiceEntry", "VirtualService"]
+    served = {o["kind"]: o for o in objs["us-east-1"] if o["metadata"]["name"] == "ratings-global"}
+    assert set(served) == {"DestinationRule", "ServiceEntry"}  # no route of its own
+    assert [e["address"] for e in served["ServiceEntry"]["spec"]["endpoints"]] == [
+        "ratings.bookinfo.svc.cluster.local"]
+    assert [x["name"] for x in served["DestinationRule"]["spec"]["subsets"]] == ["us-east-1"]
+
+
+def test_a_cluster_that_serves_gets_the_east_west_gateway(tmp_path: Path) -> None:
+    objs = rendered(example_snapshot(3, tmp_path))
+    gateways = [o for o in objs["us-east-1"] if o["kind"] == "Gateway"]
+    assert [(g["metadata"]["namespace"], g["metadata"]["name"]) for g in gateways] == [
+        ("istio-system", "meshfleet-eastwest")]
+    assert gateways[0]["spec"] == {
+        "selector": {"istio": "eastwestgateway"},
+        "servers": [{"port": {"number": 15443, "name": "tls", "protocol": "TLS"},
+                     "tls": {"mode": "AUTO_PASSTHROUGH"}, "hosts": ["*.global"]}]}
 
 
 def test_render_matches_golden_files(tmp_path: Path, request: pytest.FixtureRequest) -> None:

@@ -120,30 +120,28 @@ SCOPED = policy("reviews-for-eu", "reviews", [(US, 100)], clients=[EU])
 
 
 @pytest.mark.parametrize(
-    ("client", "selected"),
+    ("client", "services", "backends"),
     [
-        pytest.param(EU, True, id="selected-cluster-gets-policy-and-service"),
-        pytest.param(US, False, id="unselected-cluster-running-the-service-gets-nothing"),
-        pytest.param(AP, False, id="unselected-cluster-gets-nothing"),
+        pytest.param(EU, ["reviews"], [EU, US], id="selected-cluster-gets-policy-and-service"),
+        # the serving side: us-east-1's gateway must know the global host to route eu-west-1's calls
+        pytest.param(US, ["reviews"], [US], id="unselected-cluster-running-the-service-serves-it-only"),
+        pytest.param(AP, [], [], id="unselected-cluster-gets-nothing"),
     ],
 )
-def test_clients_clusters_scopes_policy_and_service(client: str, selected: bool) -> None:
+def test_clients_clusters_scopes_policy_and_service(client: str, services: list[str], backends: list[str]) -> None:
     result = translate(snapshot(SCOPED), client)
 
     assert result.problems == ()
     assert result.intent.cluster == CLUSTERS[client]
-    if selected:
-        assert [s.name for s in result.intent.services] == ["reviews"]
-        assert [t.policy for t in result.intent.traffic] == ["bookinfo/reviews-for-eu"]
-    else:
-        assert result.intent.services == ()
-        assert result.intent.traffic == ()
+    assert [s.name for s in result.intent.services] == services
+    assert [b.cluster.name for s in result.intent.services for b in s.backends] == backends
+    assert [t.policy for t in result.intent.traffic] == (["bookinfo/reviews-for-eu"] if client == EU else [])
 
 
 def test_unselected_cluster_still_gets_other_policies() -> None:
     everyone = policy("productpage-all", "productpage", [(AP, 100)])
     result = translate(snapshot(SCOPED, everyone), US)
-    assert [s.name for s in result.intent.services] == ["productpage"]
+    assert [s.name for s in result.intent.services] == ["productpage", "reviews"]
     assert [t.policy for t in result.intent.traffic] == ["bookinfo/productpage-all"]
 
 
@@ -220,7 +218,8 @@ PROBLEM_CASES = [
         # the route's only target does not run the service: exporting it without the route would
         # spread traffic over clusters the policy excludes
         policies=(policy("r", "reviews", [(AP, 100)]),),
-        client=US, services=(), traffic={},
+        # us-east-1 still serves its own copy (local endpoint only), with no route to other clusters
+        client=US, services=("reviews",), traffic={}, backends=(US,),
         discovery={US: DEFAULT_DISCOVERY[US], EU: DEFAULT_DISCOVERY[EU]},
         problems=(("bookinfo/r", "cluster ap-south-1 has no reachable backend"),
                   ("bookinfo/r", "no weighted route target is reachable; the policy is not applied")),

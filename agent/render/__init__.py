@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent.render import destinationrules, serviceentries, virtualservices
+from agent.render import destinationrules, gateways, serviceentries, virtualservices
 from agent.render.context import RenderContext, global_host
 from meshfleet.intents import ClusterIntent
 
@@ -25,4 +25,6 @@ def render(intent: ClusterIntent, ctx: RenderContext) -> list[dict[str, Any]]:
         split = splits.get((service.namespace, service.name))
         if split is not None:
             objects.append(virtualservices.render(service, split, ctx))
+    if gateways.serves(intent):
+        objects.append(gateways.render(ctx))
     return sorted(objects, key=lambda o: (o["metadata"]["namespace"], o["kind"], o["metadata"]["name"]))

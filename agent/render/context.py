@@ -14,6 +14,8 @@ CLUSTER_LABEL = "meshfleet.io/cluster"
 class RenderContext:
     cluster: str
     cluster_domain: str = "cluster.local"
+    gateway_namespace: str = "istio-system"
+    gateway_selector: tuple[tuple[str, str], ...] = (("istio", "eastwestgateway"),)
 
     def labels(self) -> dict[str, str]:
         return {MANAGED_BY_LABEL: MANAGED_BY, CLUSTER_LABEL: self.cluster}
