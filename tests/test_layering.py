@@ -11,7 +11,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PURE_CORES = [
     "mgmt/translate.py", "mgmt/policies.py", "mgmt/model.py", "mgmt/tokens.py",
     "agent/render/__init__.py", "agent/render/context.py", "agent/render/serviceentries.py",
-    "agent/render/destinationrules.py", "agent/render/virtualservices.py", "agent/render/gateways.py", "agent/inventory.py",
+    "agent/render/destinationrules.py", "agent/render/virtualservices.py", "agent/render/gateways.py",
+    "agent/inventory.py",
     "meshfleet/__init__.py", "meshfleet/intents.py", "meshfleet/names.py", "meshfleet/jointokens.py",
 ]
 IO_MODULES = {"grpc", "kubernetes", "socket", "sqlite3", "subprocess", "asyncio", "requests", "urllib3"}
