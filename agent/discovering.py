@@ -109,16 +109,25 @@ class DiscoverySource(Protocol):
 
 
 class InventoryFile:
-    """The embedded source: a YAML inventory file, read anew each time (it is small)."""
+    """The embedded source: a YAML inventory file, parsed again only when its bytes change.
+
+    Bytes, not mtime/size, decide: those miss a same-size edit within one timestamp tick.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._last: tuple[bytes, Inventory] | None = None
 
     def read(self) -> Inventory:
         try:
-            return parse_inventory(self.path.read_text(errors="replace"), str(self.path))
+            data = self.path.read_bytes()
+            if self._last is not None and self._last[0] == data:
+                return self._last[1]
+            inventory = parse_inventory(data.decode(errors="replace"), str(self.path))
         except (OSError, InventoryError) as exc:
             raise DiscoveryFailed(str(exc)) from exc
+        self._last = (data, inventory)
+        return inventory
 
 
 class ClusterDiscovery:

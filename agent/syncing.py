@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from agent.discovering import DiscoveryFailed, DiscoverySource, InventoryFile
 from agent.identity import Identity, IdentityStore
+from agent.inventory import Inventory
 from agent.render import RenderContext, render
 from agent.settings import AgentSettings
 from agent.writing import DirectorySink, Sink, SinkError
@@ -133,6 +134,7 @@ class Agent:
         self.received: list[str] = []  # versions pushed to this agent, in order (for status and tests)
         self.last_error = ""
         self._discovery_error = ""
+        self._inventory: Inventory | None = None
         self._report: hub_pb2.DiscoveryReport | None = None
 
     def _verified_cache(self) -> Applied | None:
@@ -210,6 +212,9 @@ class Agent:
                 self._discovery_error = str(exc)
             return None
         self._discovery_error = ""
+        if inv is self._inventory or inv == self._inventory:
+            return None  # unchanged: no report to build or send
+        self._inventory = inv
         report = hub_pb2.DiscoveryReport(
             cluster=self.settings.cluster,
             gateway=hub_pb2.Gateway(address=inv.gateway_address, port=inv.gateway_port),
@@ -291,7 +296,7 @@ class Agent:
         await outbox.put(hub_pb2.AgentMessage(hello=hub_pb2.Hello(
             cluster=s.cluster, agent_version=__version__, protocol_version=PROTOCOL_VERSION,
             applied_version=self.applied_version)))
-        self._report = None
+        self._report = self._inventory = None  # a new stream reports afresh
         report = await asyncio.to_thread(self._read_inventory)
         if report is not None:
             await outbox.put(hub_pb2.AgentMessage(discovery=report))

@@ -230,7 +230,9 @@ async def run_meshfleet(workdir: Path, agents: int, changes: int, warmup: int, h
         raise RuntimeError(f"{policy}: expected at least two route targets")
     policy.write_text(policy_text(template, 0))
 
+    # agents check their inventories at the production default (1 s), as they heartbeat at it (5 s)
     fleet = Fleet(workdir, demo_clusters(agents, workdir), policies, heartbeat=heartbeat, grace=3 * heartbeat,
+                  poll=AgentSettings.poll_interval,
                   agent_class=SimulatedAgent if simulated else Agent)
     # same settings as Fleet's hub (debounce default), file poll off: the bench triggers scans itself
     fleet.hub.registry.close()

@@ -70,14 +70,17 @@ class Fleet:
     """A hub and its agents in this event loop; used by the demo, tests and benchmarks."""
 
     def __init__(self, workdir: Path, clusters: list[DemoCluster], policies: Path,
-                 heartbeat: float = 1.0, grace: float = 5.0, agent_class: type[Agent] = Agent) -> None:
+                 heartbeat: float = 1.0, grace: float = 5.0, agent_class: type[Agent] = Agent,
+                 poll: float = 0.2) -> None:
+        """`poll`: how often the hub checks its policy directory and agents their inventories (seconds)."""
         self.workdir = workdir
         self.clusters = clusters
         self.hub = Hub(HubSettings(state_dir=workdir / "hub", listen="127.0.0.1:0",
                                    bootstrap_listen="127.0.0.1:0", policies_dir=policies,
                                    heartbeat_interval=heartbeat, liveness_grace=grace,
-                                   stream_timeout=4 * heartbeat, poll_interval=0.2))
+                                   stream_timeout=4 * heartbeat, poll_interval=poll))
         self.heartbeat = heartbeat
+        self.poll = poll
         self.agent_class = agent_class
         self.agents: dict[str, Agent] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
@@ -105,7 +108,7 @@ class Fleet:
                              cluster=c.name, token=self.tokens.get(c.name), state_dir=self.workdir / "agents" / c.name,
                              inventory=c.inventory, output=self.output(c.name), heartbeat_interval=self.heartbeat,
                              stream_timeout=4 * self.heartbeat, backoff_initial=0.1, backoff_max=2.0,
-                             poll_interval=0.2)
+                             poll_interval=self.poll)
 
     def start_agent(self, cluster: str, **adapters: Any) -> Agent:
         """Start `cluster`'s agent; `adapters` (sink=, discovery=) replace the embedded ones."""
