@@ -310,8 +310,11 @@ class Agent:
                     return  # the call has finished; its status is read below
 
         async def tick() -> None:
+            period = min(s.heartbeat_interval, s.poll_interval)
+            # agents that (re)connect together, e.g. after a hub restart, must not tick in lockstep
+            await asyncio.sleep(self.rng() * period)
             while True:
-                await asyncio.sleep(min(s.heartbeat_interval, s.poll_interval))
+                await asyncio.sleep(period)
                 report = await asyncio.to_thread(self._read_inventory)
                 if report is not None:
                     await outbox.put(hub_pb2.AgentMessage(discovery=report))
