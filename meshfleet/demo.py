@@ -29,6 +29,7 @@ from mgmt.enrollment import add_cluster
 from mgmt.serving import Hub
 from mgmt.settings import HubSettings
 from mgmt.status import table
+from mgmt.watching import PolicySource
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 EXTRA_REGIONS = ("us-west", "eu-central", "ap-northeast", "sa-east", "ca-central")
@@ -69,16 +70,17 @@ def demo_clusters(count: int, workdir: Path, examples: Path = EXAMPLES) -> list[
 class Fleet:
     """A hub and its agents in this event loop; used by the demo, tests and benchmarks."""
 
-    def __init__(self, workdir: Path, clusters: list[DemoCluster], policies: Path,
+    def __init__(self, workdir: Path, clusters: list[DemoCluster], policies: Path | None,
                  heartbeat: float = 1.0, grace: float = 5.0, agent_class: type[Agent] = Agent,
-                 poll: float = 0.2) -> None:
-        """`poll`: how often the hub checks its policy directory and agents their inventories (seconds)."""
+                 poll: float = 0.2, source: PolicySource | None = None) -> None:
+        """`poll`: how often the hub checks its policies and agents their inventories (seconds);
+        `source` replaces the policy directory (e.g. a CR watch)."""
         self.workdir = workdir
         self.clusters = clusters
         self.hub = Hub(HubSettings(state_dir=workdir / "hub", listen="127.0.0.1:0",
                                    bootstrap_listen="127.0.0.1:0", policies_dir=policies,
                                    heartbeat_interval=heartbeat, liveness_grace=grace,
-                                   stream_timeout=4 * heartbeat, poll_interval=poll))
+                                   stream_timeout=4 * heartbeat, poll_interval=poll), source=source)
         self.heartbeat = heartbeat
         self.poll = poll
         self.agent_class = agent_class

@@ -15,7 +15,6 @@ from kubernetes.client import CustomObjectsApi
 from meshfleet.crdschemas import CRDSchemas
 from meshfleet.demo import EXAMPLES, Fleet, demo_clusters
 from mgmt.kubewatching import KubePolicySource, ResourceWatch, WatchSettings
-from mgmt.serving import Hub
 from mgmt.statuswriting import PolicyStatusWriter
 from tests.fakekube import FakeKube
 from tests.fleets import run, until
@@ -104,11 +103,9 @@ def test_a_cr_applied_on_the_hub_cluster_reaches_every_agent_and_its_deletion_pr
         tmp_path: Path, hub_cluster: FakeKube) -> None:
     async def scenario() -> None:
         with hub_cluster.api_client() as api:
-            fleet = Fleet(tmp_path, demo_clusters(3, tmp_path), tmp_path / "unused", heartbeat=0.5, grace=3)
             watch = ResourceWatch(api, "trafficpolicies", lambda: fleet.hub.policy_changed(), FAST)
-            settings = fleet.hub.settings
-            fleet.hub.registry.close()
-            fleet.hub = Hub(settings, source=KubePolicySource(watch))
+            fleet = Fleet(tmp_path, demo_clusters(3, tmp_path), None, heartbeat=0.5, grace=3,
+                          source=KubePolicySource(watch))
             await fleet.start()
             watch.start()
             try:
@@ -139,16 +136,13 @@ def test_status_shows_every_cluster_applied_a_nack_and_an_invalid_resource(
         tmp_path: Path, hub_cluster: FakeKube) -> None:
     async def scenario() -> None:
         with hub_cluster.api_client() as api:
-            fleet = Fleet(tmp_path, demo_clusters(3, tmp_path), tmp_path / "unused", heartbeat=0.5, grace=3)
+            watch = ResourceWatch(api, "trafficpolicies", lambda: fleet.hub.policy_changed(), FAST)
+            source = KubePolicySource(watch)
+            fleet = Fleet(tmp_path, demo_clusters(3, tmp_path), None, heartbeat=0.5, grace=3, source=source)
             # ap-south-1 holds a hand-written file where its VirtualService would go: its agent NACKs
             theirs = fleet.output("ap-south-1") / "bookinfo" / "virtualservice-reviews-global.yaml"
             theirs.parent.mkdir(parents=True)
             theirs.write_text("# not meshfleet's\n")
-            watch = ResourceWatch(api, "trafficpolicies", lambda: fleet.hub.policy_changed(), FAST)
-            source = KubePolicySource(watch)
-            settings = fleet.hub.settings
-            fleet.hub.registry.close()
-            fleet.hub = Hub(settings, source=source)
             writer = PolicyStatusWriter(fleet.hub, source, api, interval=0.1)
             await fleet.start()
             watch.start()
