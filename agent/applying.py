@@ -55,7 +55,6 @@ KINDS = {(k.api_version, k.kind): k for k in (
     Kind("v1", "Secret", "secrets"),
     Kind("v1", "ConfigMap", "configmaps"),
 )}
-CONFIGMAP = KINDS[("v1", "ConfigMap")]
 
 
 @dataclass(frozen=True)

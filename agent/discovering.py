@@ -14,10 +14,10 @@ from typing import Any, Protocol
 
 from kubernetes.client.exceptions import ApiException
 
-from agent.inventory import PROTOCOLS, Inventory, InventoryError, LocalService
+from agent.inventory import Inventory, InventoryError, LocalService
 from agent.inventory import parse as parse_inventory
 from agent.kubeapi import Rest, api_message
-from meshfleet.intents import EAST_WEST_PORT, Port, Subset
+from meshfleet.intents import EAST_WEST_PORT, PROTOCOLS, Port, Subset
 from meshfleet.names import dns1123_label_error
 
 SKIPPED_NAMESPACES = frozenset({"kube-system", "kube-public", "kube-node-lease", "istio-system"})

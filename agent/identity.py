@@ -11,8 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from meshfleet.files import atomic_write, ensure_private_dir, write_private
-
-SPIFFE_PREFIX = "spiffe://meshfleet.hub/cluster/"
+from meshfleet.jointokens import SPIFFE_PREFIX
 
 
 class IdentityError(Exception):

@@ -11,10 +11,8 @@ from typing import Any
 
 import yaml
 
-from meshfleet.intents import EAST_WEST_PORT, Port, Subset
+from meshfleet.intents import EAST_WEST_PORT, PROTOCOLS, Port, Subset
 from meshfleet.names import address_error, dns1123_label_error, labels_error
-
-PROTOCOLS = ("HTTP", "HTTP2", "HTTPS", "GRPC", "TCP", "TLS", "MONGO", "REDIS", "MYSQL", "UDP")
 
 
 class InventoryError(ValueError):

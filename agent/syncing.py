@@ -76,13 +76,6 @@ def backoff_delay(attempt: int, initial: float, maximum: float, rng: Callable[[]
     return float(rng() * min(maximum, initial * 2.0**attempt))
 
 
-def bootstrap_address(hub: str, explicit: str | None) -> str:
-    if explicit:
-        return explicit
-    host, _, port = hub.rpartition(":")
-    return f"{host}:{int(port) + 1}"
-
-
 class AppliedCache:
     """The last intent this agent applied, kept so a restart knows what is in place."""
 
@@ -177,7 +170,7 @@ class Agent:
         except ValueError as exc:
             raise AgentFatal(str(exc)) from exc
         csr = self.identities.csr_pem(s.cluster)
-        target = bootstrap_address(s.hub, s.hub_bootstrap)
+        target = jointokens.register_address(s.hub, s.hub_bootstrap)
         attempt = 0
         while True:
             try:

@@ -18,6 +18,8 @@ MEDIA_TYPE = "application/vnd.meshfleet.intent.v1+json"
 SCHEMA = "meshfleet.io/intent/v1"
 PROTOCOL_VERSION = "1.0"
 EAST_WEST_PORT = 15443
+# Istio protocol names a service port may carry (in discovery reports and intents)
+PROTOCOLS = ("HTTP", "HTTP2", "HTTPS", "GRPC", "TCP", "TLS", "MONGO", "REDIS", "MYSQL", "UDP")
 
 
 class IntentError(ValueError):

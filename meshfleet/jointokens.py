@@ -1,5 +1,6 @@
-"""The join token `meshfleet cluster add` prints and `meshfleet agent --token` takes.
+"""The bootstrap contract: the join token, where Register listens, the identity it hands out.
 
+The join token `meshfleet cluster add` prints and `meshfleet agent --token` takes is
 `mft1.<id>.<secret>.<ca>`: the id names the hub's record, the secret is shown
 once (the hub keeps only its SHA-256), and `ca` is the hub's identity CA
 (base64url DER) so the agent can verify the hub before sending the secret.
@@ -13,6 +14,8 @@ import re
 from dataclasses import dataclass
 
 PREFIX = "mft1"
+# the URI SAN naming a cluster in the client certificate Register issues
+SPIFFE_PREFIX = "spiffe://meshfleet.hub/cluster/"
 _ID = re.compile(r"^[0-9a-f]{16}$")
 _SECRET = re.compile(r"^[A-Za-z0-9_-]{32,128}$")
 
@@ -56,3 +59,11 @@ def parse(text: str) -> JoinToken:
     except (binascii.Error, ValueError) as exc:
         raise JoinTokenError(f"malformed join token: CA part is not base64url ({exc})") from exc
     return JoinToken(token_id, secret, ca_der)
+
+
+def register_address(sync_address: str, explicit: str | None) -> str:
+    """The Register (server-TLS) address: explicit, or the Sync address with port + 1 (port 0 stays 0)."""
+    if explicit:
+        return explicit
+    host, _, port = sync_address.rpartition(":")
+    return f"{host}:{int(port) + 1 if int(port) else 0}"

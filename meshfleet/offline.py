@@ -49,6 +49,12 @@ def load_clusters(path: Path) -> dict[str, ClusterRef]:
     return clusters
 
 
+def discovery_of(inv: inventories.Inventory) -> Discovery:
+    """An inventory as the hub sees it once its agent reported it."""
+    return Discovery(inv.gateway_address, inv.gateway_port, {
+        (s.namespace, s.name): DiscoveredService(s.namespace, s.name, s.ports, s.subsets) for s in inv.services})
+
+
 def load_discovery(directory: Path, clusters: dict[str, ClusterRef]) -> dict[str, Discovery]:
     """`<cluster>.yaml` inventories for the clusters that have one."""
     found = {}
@@ -57,11 +63,9 @@ def load_discovery(directory: Path, clusters: dict[str, ClusterRef]) -> dict[str
         if not path.exists():
             continue
         try:
-            inv = inventories.parse(path.read_text(), str(path))
+            found[name] = discovery_of(inventories.parse(path.read_text(), str(path)))
         except inventories.InventoryError as exc:
             raise OfflineError(str(exc)) from exc
-        found[name] = Discovery(inv.gateway_address, inv.gateway_port, {
-            (s.namespace, s.name): DiscoveredService(s.namespace, s.name, s.ports, s.subsets) for s in inv.services})
     return found
 
 

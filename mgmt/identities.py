@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from meshfleet.files import atomic_write, write_private
+from meshfleet.jointokens import SPIFFE_PREFIX
 
-SPIFFE_PREFIX = "spiffe://meshfleet.hub/cluster/"
 CA_VALIDITY = dt.timedelta(days=3650)
 SERVER_VALIDITY = dt.timedelta(days=365)
 SERVER_RENEW_BEFORE = dt.timedelta(days=30)

@@ -6,10 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from meshfleet.intents import ClusterRef, Port, Subset
+from meshfleet.intents import PROTOCOLS, ClusterRef, Port, Subset
 from meshfleet.names import address_error, dns1123_label_error, labels_error
-
-PROTOCOLS = ("HTTP", "HTTP2", "HTTPS", "GRPC", "TCP", "TLS", "MONGO", "REDIS", "MYSQL", "UDP")
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from meshfleet.intents import MEDIA_TYPE, PROTOCOL_VERSION, ClusterRef, Encoder
+from meshfleet.jointokens import register_address
 from meshfleet.names import dns1123_label_error
 from meshfleet.v1 import hub_pb2, hub_pb2_grpc
 from mgmt.identities import (
@@ -33,7 +34,7 @@ from mgmt.identities import (
 )
 from mgmt.model import Discovery, DiscoveryError, Snapshot, discovery_from_json
 from mgmt.registry import ClusterStatus, Registry
-from mgmt.settings import HubSettings, bootstrap_address
+from mgmt.settings import HubSettings
 from mgmt.statuses import ClusterFacts, policy_digest
 from mgmt.tokens import TokenRejected
 from mgmt.translate import Problem, translate
@@ -130,9 +131,9 @@ class Hub(hub_pb2_grpc.HubServicer):
                                            require_client_auth=True)
         tls = grpc.ssl_server_credentials([(key_pem, cert_pem)])
         self.port = self._server.add_secure_port(s.listen, mtls)
-        self.bootstrap_port = self._server.add_secure_port(bootstrap_address(s.listen, s.bootstrap_listen), tls)
+        self.bootstrap_port = self._server.add_secure_port(register_address(s.listen, s.bootstrap_listen), tls)
         if not self.port or not self.bootstrap_port:
-            raise OSError(f"cannot listen on {s.listen} / {bootstrap_address(s.listen, s.bootstrap_listen)}")
+            raise OSError(f"cannot listen on {s.listen} / {register_address(s.listen, s.bootstrap_listen)}")
         await self._server.start()
         self._recompute()
         self._tasks = [asyncio.create_task(self._poll_loop()), asyncio.create_task(self._flush_loop())]

@@ -39,10 +39,3 @@ class HubSettings:
     client_cert_days: int = 365
     """Validity of the client certificates Register issues."""
 
-
-def bootstrap_address(listen: str, explicit: str | None) -> str:
-    """The Register port address: explicit, or the listen address with port + 1 (0 stays 0)."""
-    if explicit:
-        return explicit
-    host, _, port = listen.rpartition(":")
-    return f"{host}:{int(port) + 1 if int(port) else 0}"

@@ -13,7 +13,8 @@ from agent import inventory as inventories
 from agent.render import RenderContext, render
 from meshfleet.demo import EXAMPLES, demo_clusters
 from meshfleet.intents import ClusterRef, decode, encode
-from mgmt.model import DiscoveredService, Discovery, Snapshot
+from meshfleet.offline import discovery_of
+from mgmt.model import Snapshot
 from mgmt.policies import parse_file
 from mgmt.translate import translate
 from tests.istio_support import istio_schemas
@@ -33,9 +34,7 @@ def example_snapshot(count: int, tmp_path: Path, extra_policies: str = "") -> Sn
     clusters = demo_clusters(count, tmp_path)
     discovery = {}
     for c in clusters:
-        inv = inventories.parse(c.inventory.read_text(), str(c.inventory))
-        discovery[c.name] = Discovery(inv.gateway_address, inv.gateway_port, {
-            (s.namespace, s.name): DiscoveredService(s.namespace, s.name, s.ports, s.subsets) for s in inv.services})
+        discovery[c.name] = discovery_of(inventories.parse(c.inventory.read_text(), str(c.inventory)))
     policies = []
     texts = [(p.name, p.read_text()) for p in sorted((EXAMPLES / "policies").glob("*.yaml"))]
     for name, text in [*texts, ("extra.yaml", extra_policies)]:
