@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,36 +67,153 @@ class Backend:
 
 
 @dataclass(frozen=True)
+class OutlierDetection:
+    """Passive health checking of a destination's endpoints (Envoy ejects the failing ones)."""
+
+    consecutive_5xx_errors: int = 5
+    interval: str = "10s"
+    base_ejection_time: str = "30s"
+    max_ejection_percent: int = 100
+
+
+@dataclass(frozen=True)
 class ServiceIntent:
-    """A service the receiving cluster may call, with every cluster backing it."""
+    """A service the receiving cluster may call or serves, with every cluster backing it.
+
+    `name` names the objects (`<name>-global`), `host` is the mesh-wide host name and
+    `service` the Kubernetes Service that backs it in each backing cluster.
+    """
 
     namespace: str
     name: str
     ports: tuple[Port, ...]
     backends: tuple[Backend, ...]
+    host: str = ""  # "" means <name>.<namespace>.global
+    service: str = ""  # "" means name
+    outlier: OutlierDetection | None = None
+
+    def __post_init__(self) -> None:
+        if not self.host:
+            object.__setattr__(self, "host", f"{self.name}.{self.namespace}.global")
+        if not self.service:
+            object.__setattr__(self, "service", self.name)
 
 
 @dataclass(frozen=True)
 class WeightedTarget:
+    """A share of traffic for one cluster's copy, or one subset (version) of it."""
+
     cluster: str
     weight: int
+    subset: str = ""
 
 
 @dataclass(frozen=True)
-class TrafficSplit:
-    """Weighted routing of one service's traffic across the clusters backing it."""
+class StringMatch:
+    kind: str  # exact | prefix | regex
+    value: str
+
+
+@dataclass(frozen=True)
+class RequestMatch:
+    """All of these must hold (the fields of one Istio HTTPMatchRequest)."""
+
+    headers: tuple[tuple[str, StringMatch], ...] = ()
+    query_params: tuple[tuple[str, StringMatch], ...] = ()
+    uri: StringMatch | None = None
+
+
+@dataclass(frozen=True)
+class Retries:
+    attempts: int
+    per_try_timeout: str = ""
+    retry_on: str = ""
+
+
+@dataclass(frozen=True)
+class Fault:
+    """Injected faults: a delay, an abort (HTTP status), or both; percentages are of requests."""
+
+    delay: str = ""
+    delay_percent: float = 0.0
+    abort_status: int = 0
+    abort_percent: float = 0.0
+
+
+@dataclass(frozen=True)
+class Mirror:
+    cluster: str
+    subset: str = ""
+    percent: float = 100.0
+
+
+@dataclass(frozen=True)
+class RouteRule:
+    """One HTTP rule: requests matching any of `matches` (all requests if none) go to `targets`."""
+
+    name: str
+    targets: tuple[WeightedTarget, ...]
+    matches: tuple[RequestMatch, ...] = ()
+    timeout: str = ""
+    retries: Retries | None = None
+    fault: Fault | None = None
+    mirror: Mirror | None = None
+
+
+@dataclass(frozen=True)
+class TrafficRoute:
+    """How one service's traffic is routed across the clusters (and versions) backing it; rules in order."""
 
     policy: str  # "<namespace>/<name>" of the TrafficPolicy it comes from
     namespace: str
-    service: str
-    targets: tuple[WeightedTarget, ...]
+    service: str  # ServiceIntent.name
+    rules: tuple[RouteRule, ...]
+
+
+@dataclass(frozen=True)
+class AccessSource:
+    """Callers a rule names; every field given must match (empty: any)."""
+
+    namespaces: tuple[str, ...] = ()
+    principals: tuple[str, ...] = ()  # SPIFFE identities without the scheme, e.g. */ns/bookinfo/sa/productpage
+
+
+@dataclass(frozen=True)
+class AccessOperation:
+    ports: tuple[int, ...] = ()
+    methods: tuple[str, ...] = ()
+    paths: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class AccessRule:
+    """Who may (ALLOW) or may not (DENY) call the workloads `selector` picks (all of the namespace if empty)."""
+
+    policy: str
+    namespace: str
+    action: str  # ALLOW | DENY
+    selector: tuple[tuple[str, str], ...] = ()
+    sources: tuple[AccessSource, ...] = ()  # empty: any caller
+    operations: tuple[AccessOperation, ...] = ()  # empty: any request
+
+
+@dataclass(frozen=True)
+class MtlsRule:
+    """Peer authentication mode for the workloads `selector` picks (all of the namespace if empty)."""
+
+    policy: str
+    namespace: str
+    mode: str  # STRICT | PERMISSIVE
+    selector: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
 class ClusterIntent:
     cluster: ClusterRef
     services: tuple[ServiceIntent, ...] = ()
-    traffic: tuple[TrafficSplit, ...] = ()
+    traffic: tuple[TrafficRoute, ...] = ()
+    access: tuple[AccessRule, ...] = ()
+    mtls: tuple[MtlsRule, ...] = ()
 
 
 def canonical_json(obj: Any) -> bytes:
@@ -127,14 +244,35 @@ class Encoder:
         self._fragments[id(obj)] = (obj, data)  # holding obj keeps its id from being reused
         return data
 
+    def size(self) -> int:
+        """How many objects' bytes are cached."""
+        return len(self._fragments)
+
+    def retain(self, roots: Iterable[object]) -> None:
+        """Forget the cached bytes of every object not among `roots` (looked for through tuples and lists)."""
+        keep: set[int] = set()
+        stack = list(roots)
+        while stack:
+            x = stack.pop()
+            if isinstance(x, (tuple, list)):
+                stack.extend(x)
+            else:
+                keep.add(id(x))
+        self._fragments = {k: v for k, v in self._fragments.items() if k in keep}
+
     def encode(self, intent: ClusterIntent) -> tuple[str, bytes]:
         """Return (version, canonical bytes) of an intent."""
+        def listed(key: bytes, items: Sequence[Any], to_obj: Any) -> list[bytes]:
+            return [b',"' + key + b'":[', b",".join(self._fragment(x, to_obj) for x in items), b"]"]
+
         content = b"".join([
-            b'{"cluster":', canonical_json(_cluster_json(intent.cluster)),
+            b'{"access":[', b",".join(self._fragment(a, _access_json) for a in intent.access), b"]",
+            b',"cluster":', canonical_json(_cluster_json(intent.cluster)),
+            *listed(b"mtls", intent.mtls, _mtls_json),
             b',"schema":', canonical_json(SCHEMA),
-            b',"services":[', b",".join(self._fragment(s, _service_json) for s in intent.services),
-            b'],"traffic":[', b",".join(self._fragment(t, _traffic_json) for t in intent.traffic),
-            b"]}",
+            *listed(b"services", intent.services, _service_json),
+            *listed(b"traffic", intent.traffic, _traffic_json),
+            b"}",
         ])
         return version_of(content), content
 
@@ -164,13 +302,17 @@ def to_json(intent: ClusterIntent) -> dict[str, Any]:
         "cluster": _cluster_json(intent.cluster),
         "services": [_service_json(s) for s in intent.services],
         "traffic": [_traffic_json(t) for t in intent.traffic],
+        "access": [_access_json(a) for a in intent.access],
+        "mtls": [_mtls_json(m) for m in intent.mtls],
     }
 
 
 def _service_json(s: ServiceIntent) -> dict[str, Any]:
-    return {
+    doc: dict[str, Any] = {
         "namespace": s.namespace,
         "name": s.name,
+        "host": s.host,
+        "service": s.service,
         "ports": [{"name": p.name, "number": p.number, "protocol": p.protocol} for p in s.ports],
         "backends": [
             {
@@ -181,16 +323,64 @@ def _service_json(s: ServiceIntent) -> dict[str, Any]:
             }
             for b in s.backends
         ],
+        "outlier": None,
+    }
+    if (o := s.outlier) is not None:
+        doc["outlier"] = {"consecutive5xxErrors": o.consecutive_5xx_errors, "interval": o.interval,
+                          "baseEjectionTime": o.base_ejection_time, "maxEjectionPercent": o.max_ejection_percent}
+    return doc
+
+
+def _match_json(m: StringMatch) -> dict[str, str]:
+    return {"kind": m.kind, "value": m.value}
+
+
+def _rule_json(r: RouteRule) -> dict[str, Any]:
+    return {
+        "name": r.name,
+        "targets": [{"cluster": t.cluster, "subset": t.subset, "weight": t.weight} for t in r.targets],
+        "matches": [{"headers": [{"name": n, "match": _match_json(m)} for n, m in x.headers],
+                     "queryParams": [{"name": n, "match": _match_json(m)} for n, m in x.query_params],
+                     "uri": _match_json(x.uri) if x.uri else None} for x in r.matches],
+        "timeout": r.timeout,
+        "retries": None if r.retries is None else {
+            "attempts": r.retries.attempts, "perTryTimeout": r.retries.per_try_timeout,
+            "retryOn": r.retries.retry_on},
+        "fault": None if r.fault is None else {
+            "delay": r.fault.delay, "delayPercent": float(r.fault.delay_percent),
+            "abortStatus": r.fault.abort_status, "abortPercent": float(r.fault.abort_percent)},
+        "mirror": None if r.mirror is None else {
+            "cluster": r.mirror.cluster, "subset": r.mirror.subset, "percent": float(r.mirror.percent)},
     }
 
 
-def _traffic_json(t: TrafficSplit) -> dict[str, Any]:
+def _traffic_json(t: TrafficRoute) -> dict[str, Any]:
     return {
         "policy": t.policy,
         "namespace": t.namespace,
         "service": t.service,
-        "targets": [{"cluster": w.cluster, "weight": w.weight} for w in t.targets],
+        "rules": [_rule_json(r) for r in t.rules],
     }
+
+
+def _selector_json(selector: tuple[tuple[str, str], ...]) -> dict[str, str]:
+    return dict(selector)
+
+
+def _access_json(a: AccessRule) -> dict[str, Any]:
+    return {
+        "policy": a.policy,
+        "namespace": a.namespace,
+        "action": a.action,
+        "selector": _selector_json(a.selector),
+        "sources": [{"namespaces": list(x.namespaces), "principals": list(x.principals)} for x in a.sources],
+        "operations": [{"ports": list(o.ports), "methods": list(o.methods), "paths": list(o.paths)}
+                       for o in a.operations],
+    }
+
+
+def _mtls_json(m: MtlsRule) -> dict[str, Any]:
+    return {"policy": m.policy, "namespace": m.namespace, "mode": m.mode, "selector": _selector_json(m.selector)}
 
 
 def _cluster_json(c: ClusterRef) -> dict[str, str]:
@@ -222,8 +412,32 @@ class _Reader:
     def integer(self, key: str) -> int:
         return int(self.get(key, int))
 
+    def number(self, key: str) -> float:
+        value = self.get(key, object)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self._fail(key, f"expected number, got {type(value).__name__}")
+        return float(value)
+
     def obj(self, key: str) -> _Reader:
         return _Reader(self.get(key, dict), f"{self.path}{key}.")
+
+    def optional(self, key: str) -> _Reader | None:
+        """The object at `key`, or None where the document has null."""
+        if isinstance(self.doc, dict) and self.doc.get(key, 0) is None:
+            return None
+        return self.obj(key)
+
+    def integer_list(self, key: str) -> list[int]:
+        values: Sequence[Any] = self.get(key, list)
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            raise self._fail(key, "expected a list of integers")
+        return list(values)
+
+    def texts(self, key: str) -> tuple[str, ...]:
+        values: Sequence[Any] = self.get(key, list)
+        if not all(isinstance(v, str) for v in values):
+            raise self._fail(key, "expected a list of strings")
+        return tuple(values)
 
     def items(self, key: str) -> list[_Reader]:
         values: Sequence[Any] = self.get(key, list)
@@ -240,34 +454,81 @@ def _cluster(r: _Reader) -> ClusterRef:
     return ClusterRef(r.text("name"), r.text("region"), r.text("zone"), r.text("network"))
 
 
+def _string_match(r: _Reader) -> StringMatch:
+    kind = r.text("kind")
+    if kind not in ("exact", "prefix", "regex"):
+        raise r._fail("kind", f"unknown match kind {kind!r}")
+    return StringMatch(kind, r.text("value"))
+
+
+def _named_matches(r: _Reader, key: str) -> tuple[tuple[str, StringMatch], ...]:
+    return tuple((x.text("name"), _string_match(x.obj("match"))) for x in r.items(key))
+
+
+def _rule(r: _Reader) -> RouteRule:
+    retries, fault, mirror = r.optional("retries"), r.optional("fault"), r.optional("mirror")
+    return RouteRule(
+        name=r.text("name"),
+        targets=tuple(WeightedTarget(t.text("cluster"), t.integer("weight"), t.text("subset"))
+                      for t in r.items("targets")),
+        matches=tuple(RequestMatch(_named_matches(m, "headers"), _named_matches(m, "queryParams"),
+                                   None if (u := m.optional("uri")) is None else _string_match(u))
+                      for m in r.items("matches")),
+        timeout=r.text("timeout"),
+        retries=None if retries is None else Retries(retries.integer("attempts"), retries.text("perTryTimeout"),
+                                                     retries.text("retryOn")),
+        fault=None if fault is None else Fault(fault.text("delay"), fault.number("delayPercent"),
+                                               fault.integer("abortStatus"), fault.number("abortPercent")),
+        mirror=None if mirror is None else Mirror(mirror.text("cluster"), mirror.text("subset"),
+                                                  mirror.number("percent")),
+    )
+
+
+def _selector(r: _Reader) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted(r.labels("selector").items()))
+
+
+def _service(s: _Reader) -> ServiceIntent:
+    outlier = s.optional("outlier")
+    return ServiceIntent(
+        namespace=s.text("namespace"),
+        name=s.text("name"),
+        host=s.text("host"),
+        service=s.text("service"),
+        ports=tuple(Port(p.text("name"), p.integer("number"), p.text("protocol")) for p in s.items("ports")),
+        backends=tuple(
+            Backend(
+                cluster=_cluster(b.obj("cluster")),
+                address=b.text("address"),
+                port=b.integer("port"),
+                subsets=tuple(Subset(x.text("name"), x.labels("labels")) for x in b.items("subsets")),
+            )
+            for b in s.items("backends")
+        ),
+        outlier=None if outlier is None else OutlierDetection(
+            outlier.integer("consecutive5xxErrors"), outlier.text("interval"), outlier.text("baseEjectionTime"),
+            outlier.integer("maxEjectionPercent")),
+    )
+
+
 def from_json(doc: Any) -> ClusterIntent:
     r = _Reader(doc)
     if r.text("schema") != SCHEMA:
         raise IntentError(f"unsupported intent schema {doc['schema']!r} (expected {SCHEMA})")
-    services = tuple(
-        ServiceIntent(
-            namespace=s.text("namespace"),
-            name=s.text("name"),
-            ports=tuple(Port(p.text("name"), p.integer("number"), p.text("protocol")) for p in s.items("ports")),
-            backends=tuple(
-                Backend(
-                    cluster=_cluster(b.obj("cluster")),
-                    address=b.text("address"),
-                    port=b.integer("port"),
-                    subsets=tuple(Subset(x.text("name"), x.labels("labels")) for x in b.items("subsets")),
-                )
-                for b in s.items("backends")
-            ),
-        )
-        for s in r.items("services")
-    )
     traffic = tuple(
-        TrafficSplit(
-            policy=t.text("policy"),
-            namespace=t.text("namespace"),
-            service=t.text("service"),
-            targets=tuple(WeightedTarget(w.text("cluster"), w.integer("weight")) for w in t.items("targets")),
-        )
+        TrafficRoute(t.text("policy"), t.text("namespace"), t.text("service"),
+                     tuple(_rule(x) for x in t.items("rules")))
         for t in r.items("traffic")
     )
-    return ClusterIntent(cluster=_cluster(r.obj("cluster")), services=services, traffic=traffic)
+    access = tuple(
+        AccessRule(
+            policy=a.text("policy"), namespace=a.text("namespace"), action=a.text("action"), selector=_selector(a),
+            sources=tuple(AccessSource(x.texts("namespaces"), x.texts("principals")) for x in a.items("sources")),
+            operations=tuple(AccessOperation(tuple(o.integer_list("ports")), o.texts("methods"), o.texts("paths"))
+                             for o in a.items("operations")),
+        )
+        for a in r.items("access")
+    )
+    mtls = tuple(MtlsRule(m.text("policy"), m.text("namespace"), m.text("mode"), _selector(m)) for m in r.items("mtls"))
+    return ClusterIntent(cluster=_cluster(r.obj("cluster")), services=tuple(_service(s) for s in r.items("services")),
+                         traffic=traffic, access=access, mtls=mtls)

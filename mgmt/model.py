@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from meshfleet.intents import PROTOCOLS, ClusterRef, Port, Subset
+from meshfleet.intents import (
+    PROTOCOLS,
+    AccessOperation,
+    ClusterRef,
+    Fault,
+    Mirror,
+    OutlierDetection,
+    Port,
+    RequestMatch,
+    Retries,
+    Subset,
+)
 from meshfleet.names import address_error, dns1123_label_error, labels_error
 
 
@@ -16,6 +27,7 @@ class DiscoveredService:
     name: str
     ports: tuple[Port, ...]
     subsets: tuple[Subset, ...] = ()
+    selector: tuple[tuple[str, str], ...] = ()  # the Service's pod selector (what AccessPolicy targets)
 
 
 @dataclass(frozen=True)
@@ -27,24 +39,197 @@ class Discovery:
     services: Mapping[tuple[str, str], DiscoveredService] = field(default_factory=dict)
 
 
+# ---------------------------------------------------------------------------------------------
+# Resources (the custom resources of crds/, or the same documents in policy files)
+
+
+@dataclass(frozen=True)
+class Requirement:
+    """One matchExpressions entry of a label selector."""
+
+    key: str
+    operator: str  # In | NotIn | Exists | DoesNotExist
+    values: tuple[str, ...] = ()
+
+    def holds(self, labels: Mapping[str, str]) -> bool:
+        if self.operator == "In":
+            return labels.get(self.key) in self.values
+        if self.operator == "NotIn":
+            return self.key not in labels or labels[self.key] not in self.values
+        if self.operator == "Exists":
+            return self.key in labels
+        return self.key not in labels  # DoesNotExist
+
+
+@dataclass(frozen=True)
+class ClusterSelector:
+    """Clusters by name (`clusters`), or by MeshCluster labels (Kubernetes label-selector semantics)."""
+
+    clusters: tuple[str, ...] | None = None
+    match_labels: tuple[tuple[str, str], ...] = ()
+    match_expressions: tuple[Requirement, ...] = ()
+
+    def selects(self, name: str, labels: Mapping[str, str]) -> bool:
+        if self.clusters is not None:
+            return name in self.clusters
+        return (all(labels.get(k) == v for k, v in self.match_labels)
+                and all(r.holds(labels) for r in self.match_expressions))
+
+    def describe(self) -> str:
+        if self.clusters is not None:
+            return f"clusters [{', '.join(self.clusters)}]"
+        parts = [f"{k}={v}" for k, v in self.match_labels]
+        parts += [f"{r.key} {r.operator} ({', '.join(r.values)})" if r.values else f"{r.key} {r.operator}"
+                  for r in self.match_expressions]
+        return f"clusterSelector {{{', '.join(parts)}}}" if parts else "clusterSelector {} (every cluster)"
+
+
+@dataclass(frozen=True)
+class Meta:
+    """What every resource carries: identity, where it came from, and its age (older wins a conflict)."""
+
+    kind: str
+    namespace: str
+    name: str
+    source: str = ""  # "file:line" or "Kind ns/name", for messages
+    created: str = ""  # RFC 3339 creationTimestamp of a CR ("" for a file: files are older than any CR)
+    generation: int = 0  # metadata.generation of a CR (0 for a file)
+
+    @property
+    def key(self) -> str:
+        return f"{self.kind}/{self.namespace}/{self.name}"
+
+    @property
+    def ref(self) -> str:
+        return f"{self.kind} {self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class Destination:
+    """What a policy is about: a Service of the policy's namespace, a MulticlusterService, or every workload."""
+
+    service: str = ""
+    multicluster_service: str = ""
+    all: bool = False
+
+    def describe(self) -> str:
+        if self.all:
+            return "every workload of the namespace"
+        return f"MulticlusterService {self.multicluster_service}" if self.multicluster_service \
+            else f"service {self.service}"
+
+
+@dataclass(frozen=True)
+class MulticlusterService:
+    meta: Meta
+    service: str  # the Kubernetes Service backing it in each backing cluster
+    host: str  # "" means <name>.<namespace>.global
+    backends: ClusterSelector
+    export_to: ClusterSelector | None = None  # None: every cluster
+    ports: tuple[Port, ...] = ()  # () means the ports the backing clusters report
+
+
 @dataclass(frozen=True)
 class RouteTarget:
     cluster: str
     weight: int
+    subset: str = ""
+
+
+@dataclass(frozen=True)
+class HttpRule:
+    name: str
+    route: tuple[RouteTarget, ...]
+    matches: tuple[RequestMatch, ...] = ()
+    timeout: str = ""
+    retries: Retries | None = None
+    fault: Fault | None = None
+    mirror: Mirror | None = None
 
 
 @dataclass(frozen=True)
 class TrafficPolicy:
-    namespace: str
-    name: str
-    service: str  # in `namespace`
-    route: tuple[RouteTarget, ...]
-    clients: tuple[str, ...] | None = None  # None: every cluster
-    source: str = ""  # "file:line" for messages
+    """Weighted routing for a destination; `spec.route` is one rule named `default` without a match."""
+
+    meta: Meta
+    destination: Destination
+    http: tuple[HttpRule, ...]
+    clients: tuple[str, ...] | None = None  # None: every cluster the destination is exported to
+    simple: bool = True  # written as spec.route (also valid for TCP services)
 
     @property
     def key(self) -> str:
-        return f"{self.namespace}/{self.name}"
+        return self.meta.key
+
+
+@dataclass(frozen=True)
+class FailoverPolicy:
+    meta: Meta
+    destination: Destination
+    outlier: OutlierDetection = OutlierDetection()
+    priority_mode: str = "Topology"  # Topology | Explicit
+    priority: tuple[str, ...] = ()  # cluster names, Explicit mode
+    evict_lost_clusters: bool = True
+    hold_down: str = "1m"
+    probe: bool = False
+    probe_timeout: str = "1s"
+
+    @property
+    def key(self) -> str:
+        return self.meta.key
+
+
+@dataclass(frozen=True)
+class AccessFrom:
+    clusters: tuple[str, ...] = ()
+    namespaces: tuple[str, ...] = ()
+    service_accounts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class AccessPolicy:
+    meta: Meta
+    destination: Destination
+    action: str = "ALLOW"
+    sources: tuple[AccessFrom, ...] = ()  # empty: any caller
+    operations: tuple[AccessOperation, ...] = ()  # empty: any request
+    mtls: str = "STRICT"
+
+    @property
+    def key(self) -> str:
+        return self.meta.key
+
+
+Resource = MulticlusterService | TrafficPolicy | FailoverPolicy | AccessPolicy
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Every multicluster resource the hub holds, by kind."""
+
+    services: tuple[MulticlusterService, ...] = ()
+    traffic: tuple[TrafficPolicy, ...] = ()
+    failover: tuple[FailoverPolicy, ...] = ()
+    access: tuple[AccessPolicy, ...] = ()
+
+    def all(self) -> tuple[Resource, ...]:
+        return (*self.services, *self.traffic, *self.failover, *self.access)
+
+    @staticmethod
+    def of(items: Iterable[Resource]) -> Resources:
+        """Group resources by kind, each kind sorted by key."""
+        items = sorted(items, key=lambda r: r.meta.key)
+        return Resources(
+            services=tuple(r for r in items if isinstance(r, MulticlusterService)),
+            traffic=tuple(r for r in items if isinstance(r, TrafficPolicy)),
+            failover=tuple(r for r in items if isinstance(r, FailoverPolicy)),
+            access=tuple(r for r in items if isinstance(r, AccessPolicy)),
+        )
+
+
+def age(resource: Resource) -> tuple[str, str]:
+    """Sort key for conflicts: the older resource wins (files before CRs, then by creation, then by key)."""
+    return resource.meta.created, resource.meta.key
 
 
 @dataclass(frozen=True)
@@ -53,8 +238,12 @@ class Snapshot:
 
     clusters: Mapping[str, ClusterRef]
     discovery: Mapping[str, Discovery]
-    policies: tuple[TrafficPolicy, ...]
+    resources: Resources = Resources()
+    labels: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # cluster -> MeshCluster labels
     memo: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def cluster_labels(self, name: str) -> Mapping[str, str]:
+        return self.labels.get(name, {})
 
 
 class DiscoveryError(ValueError):
@@ -96,8 +285,12 @@ def discovery_from_json(doc: Mapping[str, Any]) -> Discovery:
                     raise DiscoveryError(f"service {ns}/{name}: subset {x.name!r}: {err}")
             if len({x.name for x in subsets}) != len(subsets):
                 raise DiscoveryError(f"service {ns}/{name}: subset names repeat")
+            selector = s.get("selector") or {}
+            if err := labels_error(selector):
+                raise DiscoveryError(f"service {ns}/{name}: selector: {err}")
             services[(ns, name)] = DiscoveredService(ns, name, tuple(sorted(ports, key=lambda p: p.number)),
-                                                     tuple(sorted(subsets, key=lambda x: x.name)))
+                                                     tuple(sorted(subsets, key=lambda x: x.name)),
+                                                     tuple(sorted(selector.items())))
     except (KeyError, TypeError, ValueError) as exc:
         if isinstance(exc, DiscoveryError):
             raise

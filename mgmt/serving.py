@@ -12,7 +12,7 @@ import dataclasses
 import datetime as dt
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,12 +32,14 @@ from mgmt.identities import (
     load_or_create_ca,
     sign_cluster_csr,
 )
-from mgmt.model import Discovery, DiscoveryError, Snapshot, discovery_from_json
+from mgmt import changes
+from mgmt.model import Discovery, DiscoveryError, Resource, Resources, Snapshot, discovery_from_json
 from mgmt.registry import ClusterStatus, Registry
 from mgmt.settings import HubSettings
-from mgmt.statuses import ClusterFacts, policy_digest
+from mgmt.statuses import ClusterFacts, resource_digest
 from mgmt.tokens import TokenRejected
-from mgmt.translate import Problem, translate
+from mgmt.topology import concerned
+from mgmt.translate import Problem, resource_problems, translate
 from mgmt.watching import DirectoryPolicySource, PolicySource
 
 log = logging.getLogger(__name__)
@@ -99,12 +101,21 @@ class Hub(hub_pb2_grpc.HubServicer):
         self.source = source
         self._loop: asyncio.AbstractEventLoop | None = None
         self.clusters: dict[str, ClusterRef] = {}
+        self.labels: dict[str, dict[str, str]] = {}  # cluster -> labels (what cluster selectors match)
         self.discovery: dict[str, Discovery] = {}
         self.intents: dict[str, Intent] = {}
         self.statuses: dict[str, ClusterStatus] = {}
-        self.problems: tuple[Problem, ...] = ()
+        self.problems: tuple[Problem, ...] = ()  # every problem: of resources as a whole, and per cluster
+        self.resource_problems: dict[str, list[str]] = {}  # resource key -> problems of the resource as a whole
         # per cluster: the problems of its last translation, and the policies each recent version carries
         self.cluster_problems: dict[str, dict[str, list[str]]] = {}
+        self._translated: dict[str, tuple[Problem, ...]] = {}  # cluster -> problems of its last translation
+        self._reads: dict[str, frozenset[Any]] = {}  # cluster -> what its last translation depended on
+        self._last_snapshot: Snapshot | None = None
+        self._encoder = Encoder()
+        self._encoder_kept = 0
+        self._digests: dict[str, tuple[Resource, str]] = {}
+        self.translations = 0  # clusters translated since start (the benchmark reads it)
         self.included: dict[str, dict[str, dict[str, str]]] = {}
         self.sessions: dict[str, Session] = {}
         self._deadlines: dict[str, asyncio.TimerHandle] = {}
@@ -188,15 +199,17 @@ class Hub(hub_pb2_grpc.HubServicer):
         created = {n: r.created_at for n, r in records.items()}
         for name in [n for n, at in self._created.items() if created.get(n) != at]:
             # removed, or removed and added again: nothing of the old cluster may linger
-            for per_cluster in (self.intents, self.discovery, self.statuses, self.included, self.cluster_problems):
+            for per_cluster in (self.intents, self.discovery, self.statuses, self.included, self.cluster_problems,
+                                self._reads, self._translated):
                 per_cluster.pop(name, None)
         self._created = created
         clusters = {n: ClusterRef(r.name, r.region, r.zone, r.network) for n, r in records.items()}
+        labels = {n: dict(r.labels) for n, r in records.items()}
         for name in clusters:
             self.statuses.setdefault(name, ClusterStatus(name))
-        if clusters == self.clusters:
+        if (clusters, labels) == (self.clusters, self.labels):
             return False
-        self.clusters = clusters
+        self.clusters, self.labels = clusters, labels
         return True
 
     # translation ------------------------------------------------------------------------------
@@ -212,21 +225,31 @@ class Hub(hub_pb2_grpc.HubServicer):
 
     def snapshot(self) -> Snapshot:
         return Snapshot(clusters=dict(self.clusters), discovery=dict(self.discovery),
-                        policies=self.source.policies if self.source else ())
+                        resources=self.source.resources if self.source else Resources(), labels=dict(self.labels))
 
     def _recompute(self) -> None:
+        """Translate the clusters the change concerns; push to those whose version changed."""
         self._recompute_handle = None
         self._last_recompute = time.monotonic()
-        snapshot = self.snapshot()
-        problems: set[Problem] = set()
-        encoder = Encoder()
-        digests = {p.key: policy_digest(p) for p in snapshot.policies}
-        for name in sorted(snapshot.clusters):
+        snapshot, old = self.snapshot(), self._last_snapshot
+        if old is not None:
+            changes.seed(old, snapshot)
+        delta = None if old is None else changes.changed(old, snapshot)
+        if old is not None:
+            changes.carry(old, snapshot, delta)
+        targets = changes.affected({} if old is None else self._reads, delta, snapshot)
+        for name in list(self._reads):
+            if name not in snapshot.clusters:
+                self._reads.pop(name, None)
+                self._translated.pop(name, None)
+        digests = {r.meta.key: self.digest(r) for r in snapshot.resources.all()}
+        for name in sorted(targets):
             result = translate(snapshot, name)
-            problems.update(result.problems)
-            version, content = encoder.encode(result.intent)
-            self._remember(name, version, {t.policy: digests[t.policy] for t in result.intent.traffic},
-                           result.problems)
+            self.translations += 1
+            self._reads[name] = result.reads
+            self._translated[name] = result.problems
+            version, content = self._encoder.encode(result.intent)
+            self._remember(name, version, {k: digests[k] for k in result.applied}, result.problems)
             current = self.intents.get(name)
             if current is None or current.version != version:
                 self.intents[name] = Intent(version, content)
@@ -234,12 +257,40 @@ class Hub(hub_pb2_grpc.HubServicer):
                 self._dirty_status = True
                 if name in self.sessions:
                     self.sessions[name].wake.set()
-        new = tuple(sorted(problems))
+        if self._encoder.size() > 2 * self._encoder_kept + 1024:
+            # the encoder caches bytes by object; keep those of objects the memo still holds
+            self._encoder.retain(v for entries in snapshot.memo.get("scoped", {}).values() for v in entries.values())
+            self._encoder_kept = self._encoder.size()
+        self._digests = {k: v for k, v in self._digests.items() if k in digests}
+        self._last_snapshot = snapshot
+        whole = resource_problems(snapshot)
+        self.resource_problems = {}
+        for p in whole:
+            self.resource_problems.setdefault(p.policy, []).append(p.message)
+        new = tuple(sorted({*whole, *(p for found in self._translated.values() for p in found)}))
         if new != self.problems:
             for p in sorted(set(new) - set(self.problems)):
-                log.warning("policy %s: %s", p.policy, p.message)
+                log.warning("%s: %s", p.policy, p.message)
             self.problems = new
             self._save_problems()
+
+    @property
+    def concerned(self) -> Mapping[str, tuple[str, ...]]:
+        """Resource key -> the clusters it is meant to take effect in (as of the last translation)."""
+        if self._last_snapshot is None:
+            return {}
+        memo = self._last_snapshot.memo
+        if "concerned" not in memo:
+            memo["concerned"] = concerned(self._last_snapshot)
+        found: Mapping[str, tuple[str, ...]] = memo["concerned"]
+        return found
+
+    def digest(self, resource: Resource) -> str:
+        """resource_digest, cached while the resource object stays the same."""
+        hit = self._digests.get(resource.meta.key)
+        if hit is None or hit[0] is not resource:
+            hit = self._digests[resource.meta.key] = (resource, resource_digest(resource))
+        return hit[1]
 
     def policy_changed(self) -> None:
         """Thread-safe nudge from a push-based source (a CR watch): rescan now, not at the next poll."""
@@ -576,6 +627,7 @@ def discovery_json(report: hub_pb2.DiscoveryReport) -> dict[str, Any]:
                 "name": s.name,
                 "ports": [{"name": p.name, "number": p.number, "protocol": p.protocol} for p in s.ports],
                 "labels": dict(s.labels),
+                "selector": dict(s.selector),
                 "subsets": [{"name": x.name, "labels": dict(x.labels)} for x in s.subsets],
             }
             for s in report.services

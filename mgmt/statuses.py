@@ -5,23 +5,26 @@ Per cluster the policy concerns:
 * `Rejected`: the hub could not apply it there (a conflict, nothing reachable), or the cluster
   NACKed the intent that carries it (the agent's message, verbatim);
 * `Accepted`: the hub translated it for that cluster; the agent has not confirmed it yet.
-Conditions: `Accepted` (the hub understood the resource) and `Ready` (every cluster Applied).
+Conditions: `Accepted` (the resource is valid), `ResolvedRefs` (what it names exists and it
+conflicts with no older resource: the problems of the resource as a whole) and `Ready` (every
+cluster it concerns Applied).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mgmt.model import TrafficPolicy
+from mgmt.model import Meta, Resource
 
 
-def policy_digest(policy: TrafficPolicy) -> str:
-    """Identifies a policy's content (a CR's generation would do for CRs; files have none)."""
-    return hashlib.sha256(repr((policy.namespace, policy.name, policy.service, policy.route,
-                                policy.clients)).encode()).hexdigest()[:16]
+def resource_digest(resource: Resource) -> str:
+    """Identifies a resource's content: where it was read from and when it was created do not count."""
+    bare = dataclasses.replace(resource, meta=Meta(resource.meta.kind, resource.meta.namespace, resource.meta.name))
+    return hashlib.sha256(repr(bare).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -75,18 +78,24 @@ def _condition(previous: Sequence[Mapping[str, Any]], type_: str, ok: bool, reas
 
 
 def policy_status(previous: Mapping[str, Any] | None, generation: int, errors: Sequence[str],
-                  states: Sequence[ClusterState], now: str) -> dict[str, Any]:
-    """The status body of a TrafficPolicy: conditions plus clusters[]."""
+                  states: Sequence[ClusterState], now: str, problems: Sequence[str] = ()) -> dict[str, Any]:
+    """The status body of a resource: conditions plus clusters[]; `problems` are of the resource as a whole."""
     old_conditions = list((previous or {}).get("conditions") or [])
     if errors:
         accepted = _condition(old_conditions, "Accepted", False, "Invalid", "; ".join(errors), generation, now)
+        refs = _condition(old_conditions, "ResolvedRefs", False, "Invalid", "the resource is not valid", generation,
+                          now)
         ready = _condition(old_conditions, "Ready", False, "Invalid", "the resource is not translated", generation,
                            now)
-        return {"observedGeneration": generation, "conditions": [accepted, ready], "clusters": []}
+        return {"observedGeneration": generation, "conditions": [accepted, refs, ready], "clusters": []}
     rejected = [s for s in states if s.state == "Rejected"]
     pending = [s for s in states if s.state == "Accepted"]
     accepted = _condition(old_conditions, "Accepted", True, "Translated", "", generation, now)
-    if rejected:
+    refs = _condition(old_conditions, "ResolvedRefs", not problems, "Problems" if problems else "Resolved",
+                      "; ".join(problems), generation, now)
+    if not states and problems:
+        ready = _condition(old_conditions, "Ready", False, "NotApplied", "; ".join(problems), generation, now)
+    elif rejected:
         ready = _condition(old_conditions, "Ready", False, "Rejected",
                            "; ".join(f"{s.cluster}: {s.message}" for s in rejected), generation, now)
     elif pending:
@@ -97,7 +106,7 @@ def policy_status(previous: Mapping[str, Any] | None, generation: int, errors: S
                            generation, now)
     clusters = [{"cluster": s.cluster, "state": s.state, "message": s.message, "observedVersion": s.observed_version}
                 for s in states]
-    return {"observedGeneration": generation, "conditions": [accepted, ready], "clusters": clusters}
+    return {"observedGeneration": generation, "conditions": [accepted, refs, ready], "clusters": clusters}
 
 
 def same_status(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> bool:

@@ -1,4 +1,4 @@
-"""Writes each TrafficPolicy resource's status through the status subresource, only when it changed.
+"""Writes each policy resource's status through the status subresource, only when it changed.
 
 Runs in the hub's event loop; the API calls go to a worker thread (the client is
 synchronous). The desired status is recomputed from the hub's facts every
@@ -17,10 +17,9 @@ from typing import Any
 from kubernetes.client import ApiClient, CustomObjectsApi
 from kubernetes.client.exceptions import ApiException
 
-from mgmt.kubewatching import GROUP, VERSION, KubePolicySource
+from mgmt.kubewatching import GROUP, PLURALS, VERSION, KubePolicySource
 from mgmt.serving import Hub
-from mgmt.statuses import cluster_states, policy_digest, policy_status, same_status
-from mgmt.translate import concerns
+from mgmt.statuses import cluster_states, policy_status, same_status
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +36,7 @@ class PolicyStatusWriter:
         self.interval = interval
         self.now = now
         # (status written, resourceVersion it was written over): skip rewriting until the watch catches up
-        self._written: dict[tuple[str, str], tuple[dict[str, Any], str]] = {}
+        self._written: dict[tuple[str, str, str], tuple[dict[str, Any], str]] = {}
         self.writes = 0
 
     async def run(self) -> None:
@@ -48,40 +47,42 @@ class PolicyStatusWriter:
             except Exception:  # a failed round must not end the writer; the next one retries
                 log.exception("writing policy status failed")
 
-    def desired(self) -> dict[tuple[str, str], tuple[dict[str, Any], dict[str, Any]]]:
-        """(live object, desired status) of every watched resource (pure given the hub's state)."""
-        policies = {p.key: p for p in self.source.policies}
+    def desired(self) -> dict[tuple[str, str, str], tuple[dict[str, Any], dict[str, Any]]]:
+        """(live object, desired status) of every watched resource by (kind, namespace, name)."""
+        resources = {r.meta.key: r for r in self.source.resources.all()}
         errors: dict[str, list[str]] = {}
         for e in self.source.errors:
-            errors.setdefault(e.file.removeprefix("TrafficPolicy "), []).append(e.message)
-        facts, clusters, now = self.hub.facts(), sorted(self.hub.clusters), self.now()
+            kind, _, where = e.file.partition(" ")
+            errors.setdefault(f"{kind}/{where}", []).append(e.message)
+        facts, now = self.hub.facts(), self.now()
         out = {}
-        for (ns, name), obj in self.source.watch.objects().items():
-            key = f"{ns}/{name}"
+        for (kind, ns, name), obj in self.source.objects().items():
+            key = f"{kind}/{ns}/{name}"
             generation = int(obj["metadata"].get("generation") or 0)
-            policy = policies.get(key)
-            if policy is None and key not in errors:
+            resource = resources.get(key)
+            if resource is None and key not in errors:
                 continue  # the source has not taken this version of the resource in yet
-            states = [] if policy is None else cluster_states(
-                key, policy_digest(policy), [c for c in clusters if concerns(policy, c)], facts)
-            out[(ns, name)] = (obj, policy_status(obj.get("status"), generation, errors.get(key, []), states, now))
+            states = [] if resource is None else cluster_states(
+                key, self.hub.digest(resource), self.hub.concerned.get(key, ()), facts)
+            out[(kind, ns, name)] = (obj, policy_status(obj.get("status"), generation, errors.get(key, []), states,
+                                                        now, self.hub.resource_problems.get(key, [])))
         return out
 
     async def flush(self) -> None:
-        for (ns, name), (obj, status) in self.desired().items():
+        for (kind, ns, name), (obj, status) in self.desired().items():
             live_rv = obj["metadata"].get("resourceVersion", "")
-            written = self._written.get((ns, name))
+            written = self._written.get((kind, ns, name))
             if same_status(obj.get("status"), status):
                 continue
             if written is not None and same_status(written[0], status) and written[1] == live_rv:
                 continue  # our write is not in the watch cache yet
             try:
                 await asyncio.to_thread(
-                    self.custom.patch_namespaced_custom_object_status, GROUP, VERSION, ns, "trafficpolicies", name,
+                    self.custom.patch_namespaced_custom_object_status, GROUP, VERSION, ns, PLURALS[kind], name,
                     {"status": status}, _content_type="application/merge-patch+json")
             except ApiException as exc:
                 if exc.status != 404:  # deleted meanwhile: nothing to report on
-                    log.warning("status of TrafficPolicy %s/%s not written: %s %s", ns, name, exc.status, exc.reason)
+                    log.warning("status of %s %s/%s not written: %s %s", kind, ns, name, exc.status, exc.reason)
                 continue
-            self._written[(ns, name)] = (status, live_rv)
+            self._written[(kind, ns, name)] = (status, live_rv)
             self.writes += 1

@@ -1,174 +1,350 @@
 """translate(snapshot, cluster) -> what that cluster must know (pure: no I/O, no clock).
 
-A cluster receives a policy when it is one of the policy's clients, and with it
-the destination service and every cluster backing that service, with the
-address of its east-west gateway (a cluster reaches its own copy directly).
+A cluster receives, scoped by the topology graph (mgmt.topology):
+* every global service exported to it, with each cluster backing it (east-west
+  gateway address, network, locality, subsets) and its failover settings;
+* the routes of the TrafficPolicies it is a client of (the oldest policy wins a
+  destination; the others are reported in that cluster);
+* for the services it backs: the service itself (its gateway must know the host
+  to route a remote caller by SNI) and the AccessPolicies guarding it;
+* namespace-wide AccessPolicies.
+
+Everything that does not depend on the receiving cluster is derived once per
+snapshot in `snapshot.memo`, so the objects are shared and encoded once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from meshfleet.intents import (
+    AccessRule,
+    AccessSource,
     Backend,
     ClusterIntent,
+    Mirror,
+    MtlsRule,
+    Port,
+    RouteRule,
     ServiceIntent,
-    TrafficSplit,
+    TrafficRoute,
     WeightedTarget,
 )
-from mgmt.model import Snapshot, TrafficPolicy
+from mgmt.model import AccessPolicy, FailoverPolicy, Snapshot, TrafficPolicy
+from mgmt.topology import GlobalService, Problem, ServiceKey, Topology, topology
 
+HTTP_PROTOCOLS = frozenset({"HTTP", "HTTP2", "GRPC"})
 
-@dataclass(frozen=True, order=True)
-class Problem:
-    """Something wrong with a policy, for its status and the log."""
-
-    policy: str
-    message: str
+__all__ = ["Problem", "Translation", "redistribute", "resource_problems", "translate"]
 
 
 @dataclass(frozen=True)
 class Translation:
     intent: ClusterIntent
-    problems: tuple[Problem, ...]
+    problems: tuple[Problem, ...]  # found translating for this cluster
+    applied: frozenset[str]  # keys of the resources whose effect the intent carries
+    reads: frozenset[Hashable]  # what the result depends on (see mgmt.changes)
 
 
-def concerns(policy: TrafficPolicy, cluster: str) -> bool:
-    return policy.clients is None or cluster in policy.clients
-
-
-def redistribute(weights: Iterable[tuple[str, int]]) -> tuple[WeightedTarget, ...]:
-    """Scale weights to sum to 100, keeping proportions (largest remainder; ties by order)."""
-    items = [(c, w) for c, w in weights if w > 0]
+def redistribute(weights: Iterable[tuple[tuple[str, str], int]]) -> tuple[WeightedTarget, ...]:
+    """Scale (cluster, subset) weights to sum to 100, keeping proportions (largest remainder; ties by order)."""
+    items = [(k, w) for k, w in weights if w > 0]
     total = sum(w for _, w in items)
     if total == 0:
         return ()
-    exact = [(c, w * 100 / total) for c, w in items]
-    floors = {c: int(x) for c, x in exact}
+    exact = [(k, w * 100 / total) for k, w in items]
+    floors = {k: int(x) for k, x in exact}
     left = 100 - sum(floors.values())
     by_remainder = sorted(range(len(exact)), key=lambda i: -(exact[i][1] - int(exact[i][1])))
     for i in by_remainder[:left]:
         floors[exact[i][0]] += 1
-    return tuple(WeightedTarget(c, floors[c]) for c, _ in items)
+    return tuple(WeightedTarget(c, floors[(c, s)], s) for (c, s), _ in items)
 
 
-def _catalog(snapshot: Snapshot, namespace: str, service: str
+def _scoped(snapshot: Snapshot, scope: Hashable) -> dict[Any, Any]:
+    """The memo of what depends only on `scope` (a key of mgmt.changes), which a later snapshot may inherit."""
+    scoped: dict[Hashable, dict[Any, Any]] = snapshot.memo.setdefault("scoped", {})
+    found = scoped.get(scope)
+    if found is None:
+        found = scoped[scope] = {}
+    return found
+
+
+def _catalog(snapshot: Snapshot, topo: Topology, key: ServiceKey
              ) -> tuple[tuple[Backend, ...], tuple[Backend, ...], tuple[str, ...]]:
-    """(backends reachable through a gateway, backends without one, problems) of a service.
-
-    Cluster-independent, so it is computed once per snapshot and the resulting
-    objects are shared by every client (and encoded once, see intents.Encoder).
-    """
-    key = ("catalog", namespace, service)
-    if key not in snapshot.memo:
+    """(backends reachable through a gateway, backends without one, problems) of a global service."""
+    memo = _scoped(snapshot, ("svc", key))
+    if "catalog" not in memo:
+        gs = topo.services[key]
         reachable: list[Backend] = []
         gatewayless: list[Backend] = []
         problems: list[str] = []
-        for name in sorted(snapshot.clusters):
-            report = snapshot.discovery.get(name)
-            found = report.services.get((namespace, service)) if report else None
-            if report is None or found is None:
-                continue
+        for name in topo.servers[key]:
+            report = snapshot.discovery[name]
+            found = report.services[(gs.namespace, gs.service)]
             backend = Backend(snapshot.clusters[name], report.gateway_address, report.gateway_port, found.subsets)
             (reachable if report.gateway_address else gatewayless).append(backend)
             if not report.gateway_address:
-                problems.append(f"cluster {name} backs {namespace}/{service} but reports no east-west gateway "
+                problems.append(f"cluster {name} backs {gs.namespace}/{gs.service} but reports no east-west gateway "
                                 "address; only its own clients reach it")
-        snapshot.memo[key] = (tuple(reachable), tuple(gatewayless), tuple(problems))
-    result: tuple[tuple[Backend, ...], tuple[Backend, ...], tuple[str, ...]] = snapshot.memo[key]
+        memo["catalog"] = (tuple(reachable), tuple(gatewayless), tuple(problems))
+    result: tuple[tuple[Backend, ...], tuple[Backend, ...], tuple[str, ...]] = memo["catalog"]
     return result
 
 
-def _service(snapshot: Snapshot, cluster: str, namespace: str, name: str) -> ServiceIntent | None:
-    """The service as `cluster` sees it: every reachable backend, plus its own copy if that has no gateway."""
-    reachable, gatewayless, _ = _catalog(snapshot, namespace, name)
-    own = next((b for b in gatewayless if b.cluster.name == cluster), None)
-    key = ("service", namespace, name, own is not None and cluster)
-    if key not in snapshot.memo:
-        backends = tuple(sorted((*reachable, own), key=lambda b: b.cluster.name)) if own else reachable
-        if not backends:
-            snapshot.memo[key] = None
-        else:
-            first = backends[0].cluster.name
-            ports = snapshot.discovery[first].services[(namespace, name)].ports
-            snapshot.memo[key] = ServiceIntent(namespace, name, ports, backends)
-    service: ServiceIntent | None = snapshot.memo[key]
+def _failover(topo: Topology, key: ServiceKey) -> FailoverPolicy | None:
+    found = [p for p in topo.policies(key, "FailoverPolicy") if p.meta.key not in topo.refused]
+    policy = found[0] if found else None
+    assert policy is None or isinstance(policy, FailoverPolicy)
+    return policy
+
+
+def _ports(snapshot: Snapshot, gs: GlobalService, backends: tuple[Backend, ...]) -> tuple[Port, ...]:
+    if gs.ports:
+        return gs.ports
+    first = backends[0].cluster.name
+    return snapshot.discovery[first].services[(gs.namespace, gs.service)].ports
+
+
+def _service(snapshot: Snapshot, topo: Topology, cluster: str, key: ServiceKey) -> ServiceIntent | None:
+    """The service as `cluster` sees it as a client: every reachable backend, plus its own copy if gatewayless.
+
+    Every cluster but a gatewayless backend sees the same object (computed once, encoded once).
+    """
+    memo = _scoped(snapshot, ("svc", key))
+    view = memo.get("view")
+    if view is None:
+        reachable, gatewayless, _ = _catalog(snapshot, topo, key)
+        view = memo["view"] = ({b.cluster.name: b for b in gatewayless}, _service_of(snapshot, topo, key, reachable))
+    own = view[0].get(cluster)
+    if own is None:
+        shared: ServiceIntent | None = view[1]
+        return shared
+    entry = ("service", cluster)
+    if entry not in memo:
+        memo[entry] = _service_of(snapshot, topo, key, tuple(sorted((*view[1].backends, own) if view[1] else (own,),
+                                                                   key=lambda b: b.cluster.name)))
+    service: ServiceIntent | None = memo[entry]
     return service
 
 
-def _served(snapshot: Snapshot, cluster: str, namespace: str, name: str) -> ServiceIntent | None:
-    """The serving side: a destination this cluster runs for other clusters' clients, without routes of its own.
+def _service_of(snapshot: Snapshot, topo: Topology, key: ServiceKey, backends: tuple[Backend, ...]
+                ) -> ServiceIntent | None:
+    if not backends:
+        return None
+    gs = topo.services[key]
+    failover = _failover(topo, key)
+    return ServiceIntent(gs.namespace, gs.name, _ports(snapshot, gs, backends), backends, gs.host, gs.service,
+                         failover.outlier if failover else None)
+
+
+def _served(snapshot: Snapshot, topo: Topology, cluster: str, key: ServiceKey) -> ServiceIntent:
+    """The serving side: a service this cluster backs for other clusters' clients, with only its own copy.
 
     Its east-west gateway routes a remote call by the SNI of the global host, so the cluster
-    needs that host defined with its own endpoints even when it is no client of the policy.
+    needs that host defined with its own endpoints even when it is no client.
     """
-    key = ("served", namespace, name, cluster)
-    if key not in snapshot.memo:
-        report = snapshot.discovery.get(cluster)
-        found = report.services.get((namespace, name)) if report else None
-        snapshot.memo[key] = None if report is None or found is None else ServiceIntent(
-            namespace, name, found.ports,
-            (Backend(snapshot.clusters[cluster], report.gateway_address, report.gateway_port, found.subsets),))
-    served: ServiceIntent | None = snapshot.memo[key]
+    memo, entry = _scoped(snapshot, ("svc", key)), ("served", cluster)
+    if entry not in memo:
+        gs = topo.services[key]
+        report = snapshot.discovery[cluster]
+        found = report.services[(gs.namespace, gs.service)]
+        own = (Backend(snapshot.clusters[cluster], report.gateway_address, report.gateway_port, found.subsets),)
+        failover = _failover(topo, key)
+        memo[entry] = ServiceIntent(gs.namespace, gs.name, _ports(snapshot, gs, own), own, gs.host,
+                                    gs.service, failover.outlier if failover else None)
+    served: ServiceIntent = memo[entry]
     return served
 
 
-def _split(snapshot: Snapshot, policy: TrafficPolicy, service: ServiceIntent) -> tuple[TrafficSplit | None, list[str]]:
-    available = {b.cluster.name for b in service.backends}
-    key = ("split", policy.key, frozenset(available))
-    if key not in snapshot.memo:
-        problems = []
-        for target in policy.route:
-            if target.cluster not in snapshot.clusters:
-                problems.append(f"route names unknown cluster {target.cluster!r}")
-            elif target.cluster not in available and target.weight > 0:
-                problems.append(f"cluster {target.cluster} has no reachable backend of "
-                                f"{policy.namespace}/{policy.service}; its weight goes to the others")
-        targets = redistribute((t.cluster, t.weight) for t in policy.route if t.cluster in available)
-        split = TrafficSplit(policy.key, policy.namespace, policy.service, targets) if targets else None
-        if split is None:
-            # exporting the service without its route would spread traffic over clusters the policy excludes
-            problems.append("no weighted route target is reachable; the policy is not applied")
-        snapshot.memo[key] = (split, problems)
-    result: tuple[TrafficSplit | None, list[str]] = snapshot.memo[key]
+def _route(snapshot: Snapshot, policy: TrafficPolicy, service: ServiceIntent) -> tuple[TrafficRoute | None, list[str]]:
+    """A policy's rules over the backends `service` offers; unreachable targets' weight goes to the others."""
+    available = {b.cluster.name: {s.name for s in b.subsets} for b in service.backends}
+    memo, entry = _scoped(snapshot, ("policy", policy.meta.key)), frozenset(available)
+    if entry in memo:
+        cached: tuple[TrafficRoute | None, list[str]] = memo[entry]
+        return cached
+    problems: list[str] = []
+    protocols = {p.protocol for p in service.ports}
+    if not policy.simple and not protocols & HTTP_PROTOCOLS:
+        problems.append(f"spec.http needs an HTTP port, but {service.namespace}/{service.name} has only "
+                        f"{', '.join(sorted(protocols))} ports; use spec.route; not applied")
+        memo[entry] = (None, problems)
+        return None, problems
+
+    def usable(cluster: str, subset: str, what: str) -> bool:
+        if cluster not in snapshot.clusters:
+            problems.append(f"{what} names unknown cluster {cluster!r}")
+        elif cluster not in available:
+            problems.append(f"{what}: cluster {cluster} has no reachable backend of {service.namespace}/"
+                            f"{service.service}; its weight goes to the others")
+        elif subset and subset not in available[cluster]:
+            problems.append(f"{what}: cluster {cluster} reports no subset {subset!r} of {service.namespace}/"
+                            f"{service.service}; its weight goes to the others")
+        else:
+            return True
+        return False
+
+    rules: list[RouteRule] = []
+    for rule in policy.http:
+        where = "spec.route" if policy.simple else f"rule {rule.name}"
+        targets = redistribute(((t.cluster, t.subset), t.weight) for t in rule.route
+                               if usable(t.cluster, t.subset, where))
+        if not targets:
+            if not rule.matches:
+                # the catch-all rule would send traffic anywhere: better not to route at all
+                problems.append(f"{where}: no route target is reachable; the policy is not applied")
+                memo[entry] = (None, problems)
+                return None, problems
+            problems.append(f"{where}: no route target is reachable; requests it matches go to the next rule")
+            continue
+        mirror: Mirror | None = rule.mirror
+        if mirror is not None and not usable(mirror.cluster, mirror.subset, f"{where} mirror"):
+            problems[-1] = problems[-1].replace("its weight goes to the others", "nothing is mirrored")
+            mirror = None
+        rules.append(RouteRule(rule.name, targets, rule.matches, rule.timeout, rule.retries, rule.fault, mirror))
+    route = TrafficRoute(f"{policy.meta.namespace}/{policy.meta.name}", service.namespace, service.name,
+                         tuple(rules))
+    memo[entry] = (route, problems)
+    return route, problems
+
+
+def _sources(policy: AccessPolicy) -> tuple[AccessSource, ...]:
+    out = []
+    for entry in policy.sources:
+        # identities carry no cluster (one trust domain); topology refuses policies that narrow by cluster
+        if entry.service_accounts:
+            principals = tuple(f"*/ns/{ns}/sa/{sa}" for ns in entry.namespaces for sa in entry.service_accounts) \
+                if entry.namespaces else tuple(f"*/sa/{sa}" for sa in entry.service_accounts)
+            out.append(AccessSource((), principals))
+        elif entry.namespaces:
+            out.append(AccessSource(entry.namespaces, ()))
+        else:
+            out.append(AccessSource())  # every cluster listed, nothing else: any authenticated caller
+    return tuple(out)
+
+
+def _access(snapshot: Snapshot, topo: Topology, cluster: str, key: ServiceKey | None
+            ) -> tuple[list[AccessRule], list[MtlsRule], list[Problem], set[str]]:
+    """Access and mTLS rules guarding `key` in `cluster` (namespace-wide policies when key is None)."""
+    memo = _scoped(snapshot, ("acl", key) if key is not None else ("namespace-wide",))
+    if cluster not in memo:
+        rules: list[AccessRule] = []
+        mtls: list[MtlsRule] = []
+        problems: list[Problem] = []
+        applied: set[str] = set()
+        if key is None:
+            policies: list[AccessPolicy] = list(topo.namespace_wide)
+            selector: tuple[tuple[str, str], ...] = ()
+        else:
+            gs = topo.services[key]
+            policies = [p for p in topo.policies(key, "AccessPolicy") if isinstance(p, AccessPolicy)]
+            selector = snapshot.discovery[cluster].services[(gs.namespace, gs.service)].selector
+        modes: dict[tuple[str, tuple[tuple[str, str], ...]], AccessPolicy] = {}
+        for policy in policies:
+            m = policy.meta
+            if m.key in topo.refused:
+                continue
+            if key is not None and not selector:
+                problems.append(Problem(m.key, f"Service {m.namespace}/{topo.services[key].service} in {cluster} "
+                                               "has no pod selector, so no workload can be guarded; not applied"))
+                continue
+            rules.append(AccessRule(f"{m.namespace}/{m.name}", m.namespace, policy.action, selector,
+                                    _sources(policy), tuple(policy.operations)))
+            applied.add(m.key)
+            older = modes.get((m.namespace, selector))
+            if older is None:
+                modes[(m.namespace, selector)] = policy
+                mtls.append(MtlsRule(f"{m.namespace}/{m.name}", m.namespace, policy.mtls, selector))
+            elif older.mtls != policy.mtls:
+                problems.append(Problem(m.key, f"mtls {policy.mtls} conflicts with {older.meta.ref} (older, mtls "
+                                               f"{older.mtls}) for the same workloads in {cluster}; its access "
+                                               "rules apply, its mtls mode does not"))
+        memo[cluster] = (rules, mtls, problems, applied)
+    result: tuple[list[AccessRule], list[MtlsRule], list[Problem], set[str]] = memo[cluster]
     return result
 
 
 def translate(snapshot: Snapshot, cluster: str) -> Translation:
-    me = snapshot.clusters[cluster]
+    topo = topology(snapshot)
     problems: list[Problem] = []
-    services: dict[tuple[str, str], ServiceIntent] = {}
-    traffic: list[TrafficSplit] = []
-    owners: dict[tuple[str, str], str] = {}
-    for policy in sorted(snapshot.policies, key=lambda p: p.key):
-        if not concerns(policy, cluster):
+    applied: set[str] = set()
+    reads: set[Hashable] = {("cluster", cluster), ("namespace-wide",)}
+    services: dict[ServiceKey, ServiceIntent] = {}
+    traffic: list[TrafficRoute] = []
+    for key in sorted(topo.received_by.get(cluster, ())):
+        reads.add(("svc", key))
+        gs = topo.services[key]
+        service = _service(snapshot, topo, cluster, key)
+        routing = topo.targeting.get(key, {}).get("TrafficPolicy", ())
+        if not routing and gs.origin and service is not None:
+            # the common case, kept lean: a service exported to this cluster that no policy routes here
+            services[key] = service
+            applied.add(gs.origin)
+            if service.outlier is not None and (failover := _failover(topo, key)) is not None:
+                applied.add(failover.meta.key)
             continue
-        dest = (policy.namespace, policy.service)
-        if dest in owners:
-            problems.append(Problem(policy.key, f"conflicts with TrafficPolicy {owners[dest]} in cluster {cluster}, "
-                                                f"where both route {dest[0]}/{dest[1]} (first by namespace/name "
-                                                f"wins); not applied in {cluster}"))
-            continue
-        owners[dest] = policy.key
-        problems.extend(Problem(policy.key, m) for m in _catalog(snapshot, *dest)[2])
-        service = _service(snapshot, cluster, *dest)
+        mine = [p for p in routing if isinstance(p, TrafficPolicy) and cluster in topo.clients.get(p.meta.key, ())]
+        reads.update(("policy", p.meta.key) for p in mine)
         if service is None:
-            problems.append(Problem(policy.key, f"no cluster reports service {dest[0]}/{dest[1]}; "
-                                                "nothing to route to"))
+            for p in mine:
+                problems.append(Problem(p.meta.key, f"no cluster offers a reachable backend of {gs.namespace}/"
+                                                    f"{gs.service}; nothing to route to"))
             continue
-        split, messages = _split(snapshot, policy, service)
-        problems.extend(Problem(policy.key, m) for m in messages)
-        if split is not None:
-            services[dest] = service
-            traffic.append(split)
-    for policy in snapshot.policies:
-        dest = (policy.namespace, policy.service)
-        if dest not in services and (served := _served(snapshot, cluster, *dest)) is not None:
-            services[dest] = served
+        problems.extend(Problem(p.meta.key, m) for p in mine for m in _catalog(snapshot, topo, key)[2])
+        route: TrafficRoute | None = None
+        winner: TrafficPolicy | None = None
+        for policy in mine:
+            if winner is not None:
+                problems.append(Problem(policy.meta.key, (
+                    f"{winner.meta.ref} (older) already routes {gs.namespace}/{gs.name} in {cluster}; "
+                    f"not applied in {cluster}")))
+                continue
+            route, messages = _route(snapshot, policy, service)
+            problems.extend(Problem(policy.meta.key, m) for m in messages)
+            if route is not None:
+                winner = policy
+                traffic.append(route)
+                applied.add(policy.meta.key)
+        if gs.origin or route is not None:
+            # an implicit service travels only with its route: alone it would spread traffic the policy excludes
+            services[key] = service
+            if gs.origin:
+                applied.add(gs.origin)
+            if (failover := _failover(topo, key)) is not None:
+                applied.add(failover.meta.key)
+    access: list[AccessRule] = []
+    mtls: list[MtlsRule] = []
+    for key in sorted(topo.served_by.get(cluster, ())):
+        reads.update((("svc", key), ("acl", key)))
+        gs = topo.services[key]
+        if key not in services and (gs.origin or topo.receivers[key]):
+            services[key] = _served(snapshot, topo, cluster, key)
+            if gs.origin:
+                applied.add(gs.origin)
+        rules, modes, found, done = _access(snapshot, topo, cluster, key)
+        access.extend(rules)
+        mtls.extend(modes)
+        problems.extend(found)
+        applied |= done
+    rules, modes, found, done = _access(snapshot, topo, cluster, None)
+    access.extend(rules)
+    mtls.extend(modes)
+    problems.extend(found)
+    applied |= done
     intent = ClusterIntent(
-        cluster=me,
+        cluster=snapshot.clusters[cluster],
         services=tuple(services[k] for k in sorted(services)),
         traffic=tuple(sorted(traffic, key=lambda t: (t.namespace, t.service))),
+        access=tuple(sorted(access, key=lambda a: (a.namespace, a.policy))),
+        mtls=tuple(sorted(mtls, key=lambda m: (m.namespace, m.selector, m.policy))),
     )
-    return Translation(intent, tuple(sorted(set(problems))))
+    return Translation(intent, tuple(sorted(set(problems))), frozenset(applied), frozenset(reads))
+
+
+def resource_problems(snapshot: Snapshot) -> tuple[Problem, ...]:
+    """Problems of resources as a whole (not of one cluster): conditions on the resource."""
+    return tuple(sorted(set(topology(snapshot).problems)))
+

@@ -12,15 +12,26 @@ import pytest
 
 from meshfleet.intents import (
     MEDIA_TYPE,
+    AccessOperation,
+    AccessRule,
+    AccessSource,
     Backend,
     ClusterIntent,
     ClusterRef,
     Encoder,
+    Fault,
     IntentError,
+    Mirror,
+    MtlsRule,
+    OutlierDetection,
     Port,
+    RequestMatch,
+    Retries,
+    RouteRule,
     ServiceIntent,
+    StringMatch,
     Subset,
-    TrafficSplit,
+    TrafficRoute,
     WeightedTarget,
     canonical_json,
     decode,
@@ -40,9 +51,21 @@ INTENT = ClusterIntent(
         )),
         ServiceIntent("bookinfo", "ratings", (Port("tcp", 5432, "TCP"),), (Backend(US),)),
     ),
-    traffic=(TrafficSplit("bookinfo/reviews-split", "bookinfo", "reviews",
-                          (WeightedTarget("us-east-1", 80), WeightedTarget("eu-west-1", 20))),),
+    traffic=(TrafficRoute("bookinfo/reviews-split", "bookinfo", "reviews", (
+        RouteRule("canary", (WeightedTarget("eu-west-1", 100, "v3"),),
+                  (RequestMatch((("end-user", StringMatch("exact", "jason")),),
+                                (("canary", StringMatch("regex", "^1$")),), StringMatch("prefix", "/reviews/")),),
+                  "3s", Retries(2, "1s", "5xx,reset"), Fault("7s", 100.0, 503, 10.0), Mirror("eu-west-1", "v3", 5.0)),
+        RouteRule("default", (WeightedTarget("us-east-1", 80), WeightedTarget("eu-west-1", 20))),
+    )),),
+    access=(AccessRule("bookinfo/reviews-access", "bookinfo", "ALLOW", (("app", "reviews"),),
+                       (AccessSource(("bookinfo",), ("*/ns/bookinfo/sa/productpage",)),),
+                       (AccessOperation((9080,), ("GET",), ("/reviews/*",)),)),),
+    mtls=(MtlsRule("bookinfo/reviews-access", "bookinfo", "STRICT", (("app", "reviews"),)),),
 )
+# a service with a custom host and failover settings, as a MulticlusterService sends it
+CUSTOM = ServiceIntent("bookinfo", "details-mesh", (Port("http", 9080, "HTTP"),), (Backend(US),),
+                       host="details.bookinfo.mesh.example", service="details", outlier=OutlierDetection(3, "5s"))
 
 
 def test_round_trip() -> None:
@@ -55,7 +78,8 @@ def test_round_trip() -> None:
     "intent",
     [
         pytest.param(ClusterIntent(US), id="empty-intent"),
-        pytest.param(INTENT, id="services-traffic-subsets-unicode"),
+        pytest.param(INTENT, id="services-traffic-access-subsets-unicode"),
+        pytest.param(ClusterIntent(EU, (CUSTOM,)), id="custom-host-outlier"),
     ],
 )
 def test_round_trip_table(intent: ClusterIntent) -> None:
@@ -79,9 +103,11 @@ def test_same_intent_from_differently_ordered_labels_has_the_same_version() -> N
 
 
 def test_different_intents_have_different_versions() -> None:
-    other = ClusterIntent(US, INTENT.services, (TrafficSplit("bookinfo/reviews-split", "bookinfo", "reviews", (
-        WeightedTarget("us-east-1", 79), WeightedTarget("eu-west-1", 21))),))
+    other = ClusterIntent(US, INTENT.services, (TrafficRoute("bookinfo/reviews-split", "bookinfo", "reviews", (
+        RouteRule("default", (WeightedTarget("us-east-1", 79), WeightedTarget("eu-west-1", 21))),)),),
+                          INTENT.access, INTENT.mtls)
     assert encode(other)[0] != encode(INTENT)[0]
+    assert encode(ClusterIntent(US, INTENT.services, INTENT.traffic, INTENT.access))[0] != encode(INTENT)[0]
 
 
 @pytest.mark.parametrize("position", [pytest.param(0, id="first-byte"), pytest.param(57, id="middle-byte"),
@@ -169,11 +195,24 @@ def _delete(path: str) -> Callable[[dict[str, Any]], None]:
                      "malformed intent: services[0].ports[1].number: expected int, got str", id="port-as-string"),
         pytest.param(_set("services/0/ports/0/number", True),
                      "malformed intent: services[0].ports[0].number: expected int, got bool", id="bool-for-int-port"),
-        pytest.param(_set("traffic/0/targets/1/weight", False),
-                     "malformed intent: traffic[0].targets[1].weight: expected int, got bool",
+        pytest.param(_set("traffic/0/rules/1/targets/1/weight", False),
+                     "malformed intent: traffic[0].rules[1].targets[1].weight: expected int, got bool",
                      id="bool-for-int-weight"),
-        pytest.param(_set("traffic/0/targets/0/weight", 80.0),
-                     "malformed intent: traffic[0].targets[0].weight: expected int, got float", id="float-for-int"),
+        pytest.param(_set("traffic/0/rules/1/targets/0/weight", 80.0),
+                     "malformed intent: traffic[0].rules[1].targets[0].weight: expected int, got float",
+                     id="float-for-int"),
+        pytest.param(_set("traffic/0/rules/0/matches/0/uri/kind", "glob"),
+                     "malformed intent: traffic[0].rules[0].matches[0].uri.kind: unknown match kind 'glob'",
+                     id="unknown-match-kind"),
+        pytest.param(_set("traffic/0/rules/0/fault/delayPercent", "10"),
+                     "malformed intent: traffic[0].rules[0].fault.delayPercent: expected number, got str",
+                     id="percent-as-string"),
+        pytest.param(_set("access/0/operations/0/ports", ["9080"]),
+                     "malformed intent: access[0].operations[0].ports: expected a list of integers",
+                     id="port-list-of-strings"),
+        pytest.param(_delete("mtls"), "malformed intent: mtls: missing", id="missing-mtls"),
+        pytest.param(_set("services/0/outlier", {"interval": "5s"}),
+                     "malformed intent: services[0].outlier.consecutive5xxErrors: missing", id="partial-outlier"),
         pytest.param(_set("services/0/backends/0/address", 0),
                      "malformed intent: services[0].backends[0].address: expected str, got int", id="int-for-str"),
         pytest.param(_set("services", {}), "malformed intent: services: expected list, got dict",
@@ -213,9 +252,18 @@ def test_decode_accepts_non_canonical_bytes_whose_hash_matches() -> None:
 def test_encoder_output_is_the_canonical_serialization() -> None:
     """The batch encoder splices shared fragments; its bytes must equal a full canonical dump."""
     shared = INTENT.services[0]
-    other = ClusterIntent(cluster=EU, services=(shared,), traffic=INTENT.traffic)
+    other = ClusterIntent(cluster=EU, services=(shared, CUSTOM), traffic=INTENT.traffic, access=INTENT.access)
     encoder = Encoder()
     for intent in (INTENT, other, ClusterIntent(cluster=US), INTENT):
         version, content = encoder.encode(intent)
         assert content == canonical_json(to_json(intent))
         assert version == hashlib.sha256(content).hexdigest()
+
+
+def test_encoder_retain_forgets_objects_no_longer_held_and_stays_canonical() -> None:
+    encoder = Encoder()
+    encoder.encode(INTENT)
+    assert encoder.size() == len(INTENT.services) + len(INTENT.traffic) + len(INTENT.access) + len(INTENT.mtls)
+    encoder.retain([INTENT.services, (INTENT.traffic[0],)])
+    assert encoder.size() == len(INTENT.services) + 1
+    assert encoder.encode(INTENT)[1] == canonical_json(to_json(INTENT))

@@ -9,9 +9,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PURE_CORES = [
-    "mgmt/translate.py", "mgmt/policies.py", "mgmt/model.py", "mgmt/tokens.py",
+    "mgmt/translate.py", "mgmt/topology.py", "mgmt/changes.py", "mgmt/statuses.py", "mgmt/policies.py",
+    "mgmt/model.py", "mgmt/tokens.py",
     "agent/render/__init__.py", "agent/render/context.py", "agent/render/serviceentries.py",
     "agent/render/destinationrules.py", "agent/render/virtualservices.py", "agent/render/gateways.py",
+    "agent/render/authorizationpolicies.py", "agent/render/peerauthentications.py",
     "agent/inventory.py",
     "meshfleet/__init__.py", "meshfleet/intents.py", "meshfleet/names.py", "meshfleet/jointokens.py",
 ]

@@ -61,3 +61,33 @@ def test_an_invalid_resource_is_not_accepted() -> None:
     assert (accepted["status"], accepted["reason"], accepted["message"]) == (
         "False", "Invalid", "spec.http is not supported")
     assert status["clusters"] == []
+
+
+def test_problems_of_the_resource_as_a_whole_set_resolved_refs_and_ready_when_it_applies_nowhere() -> None:
+    problems = ["MulticlusterService bookinfo/nope does not exist (or is not applied)"]
+    status = policy_status(None, 3, [], [], "t0", problems)
+    by_type = {c["type"]: c for c in status["conditions"]}
+    assert by_type["Accepted"]["status"] == "True"
+    assert (by_type["ResolvedRefs"]["status"], by_type["ResolvedRefs"]["reason"]) == ("False", "Problems")
+    assert by_type["ResolvedRefs"]["message"] == problems[0]
+    assert (by_type["Ready"]["status"], by_type["Ready"]["reason"]) == ("False", "NotApplied")
+    applied = [ClusterState("us-east-1", "Applied", "", "abc")]
+    partly = {c["type"]: c for c in policy_status(status, 3, [], applied, "t1", problems)["conditions"]}
+    assert partly["ResolvedRefs"]["status"] == "False" and partly["Ready"]["status"] == "True"
+    clean = {c["type"]: c for c in policy_status(status, 3, [], applied, "t2")["conditions"]}
+    assert (clean["ResolvedRefs"]["status"], clean["ResolvedRefs"]["lastTransitionTime"]) == ("True", "t2")
+
+
+def test_a_resource_digest_ignores_where_and_when_it_was_read_but_not_its_content() -> None:
+    from mgmt.model import Destination, HttpRule, Meta, RouteTarget, TrafficPolicy
+    from mgmt.statuses import resource_digest
+
+    def policy(meta: Meta, weight: int) -> TrafficPolicy:
+        route = (RouteTarget("us-east-1", weight), RouteTarget("eu-west-1", 100 - weight))
+        return TrafficPolicy(meta, Destination(service="reviews"), (HttpRule("default", route),))
+
+    a = policy(Meta("TrafficPolicy", "bookinfo", "split", "a.yaml:1"), 80)
+    moved = policy(Meta("TrafficPolicy", "bookinfo", "split", "a.yaml:9", "2026-01-01T00:00:00Z", 4), 80)
+    assert resource_digest(a) == resource_digest(moved)
+    assert resource_digest(a) != resource_digest(policy(a.meta, 70))
+    assert resource_digest(a) != resource_digest(policy(Meta("TrafficPolicy", "bookinfo", "other"), 80))
