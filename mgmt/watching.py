@@ -1,7 +1,9 @@
 """The directory policy source: every *.yaml / *.yml below a directory, re-read when it changes.
 
-A file that fails to parse keeps contributing its last good policies, and its
-error (file:line) is reported until it is fixed; a deleted file's policies go.
+Files hold the same documents as the custom resources (MulticlusterService,
+TrafficPolicy, FailoverPolicy, AccessPolicy), any number per file.
+A file that fails to parse keeps contributing its last good resources, and its
+error (file:line) is reported until it is fixed; a deleted file's resources go.
 The last good text of every file is exposed (`last_good`) so the hub can persist
 it and seed a restarted source: a file broken while the hub was down still
 contributes what it last said, instead of vanishing from every cluster.
@@ -16,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from mgmt.model import TrafficPolicy
+from mgmt.model import Resource, Resources
 from mgmt.policies import PolicyError, parse_file
 
 log = logging.getLogger(__name__)
@@ -25,7 +27,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class _FileState:
     digest: str
-    good: list[TrafficPolicy] = field(default_factory=list)
+    good: list[Resource] = field(default_factory=list)
     errors: list[PolicyError] = field(default_factory=list)
     good_text: str | None = None
 
@@ -33,11 +35,11 @@ class _FileState:
 class PolicySource(Protocol):
     """Where the hub's policies come from: a directory (embedded, GitOps) or the hub cluster's CRs."""
 
-    policies: tuple[TrafficPolicy, ...]
+    resources: Resources
     errors: tuple[PolicyError, ...]
 
     def scan(self) -> bool:
-        """Take in changes; True if `policies` or `errors` changed."""
+        """Take in changes; True if `resources` or `errors` changed."""
 
     def last_good(self) -> dict[str, str]:
         """Text to persist so a restarted hub can keep policies whose source is broken ({} if not needed)."""
@@ -48,22 +50,22 @@ class DirectoryPolicySource:
         """`seed`: the last good text of each file (relative name), as `last_good()` returned it."""
         self.directory = directory
         self._files: dict[Path, _FileState] = {}
-        self.policies: tuple[TrafficPolicy, ...] = ()
+        self.resources = Resources()
         self.errors: tuple[PolicyError, ...] = ()
         self._missing = False
         for name, text in sorted((seed or {}).items()):
-            policies, errors = parse_file(text, name)
+            resources, errors = parse_file(text, name)
             if not errors:
-                self._files[directory / name] = _FileState("seed", policies, [], text)
+                self._files[directory / name] = _FileState("seed", resources, [], text)
         self._merge()
 
     def last_good(self) -> dict[str, str]:
-        """Relative file name -> the text its current policies come from."""
+        """Relative file name -> the text its current resources come from."""
         return {str(p.relative_to(self.directory)): st.good_text
                 for p, st in sorted(self._files.items()) if st.good_text is not None}
 
     def scan(self) -> bool:
-        """Re-read the directory; True if the policies or errors changed.
+        """Re-read the directory; True if the resources or errors changed.
 
         Every file is hashed on every scan: policy directories are small, and
         mtime/size alone miss a same-size edit within one timestamp tick.
@@ -71,7 +73,7 @@ class DirectoryPolicySource:
         if not self.directory.is_dir():
             missing = (PolicyError(str(self.directory), 0, "policy directory does not exist"),)
             changed = missing != self.errors
-            self.errors = missing  # keep the last good policies: a vanished mount is not a deletion
+            self.errors = missing  # keep the last good resources: a vanished mount is not a deletion
             self._missing = True
             return changed
         seen: set[Path] = set()
@@ -92,9 +94,9 @@ class DirectoryPolicySource:
             name = str(path.relative_to(self.directory))
             try:
                 text = data.decode()
-                policies, errors = parse_file(text, name)
+                resources, errors = parse_file(text, name)
             except UnicodeDecodeError as exc:
-                text, policies, errors = "", [], [PolicyError(name, 1, f"not UTF-8 text: {exc}")]
+                text, resources, errors = "", [], [PolicyError(name, 1, f"not UTF-8 text: {exc}")]
             state = _FileState(digest, good_text=text)
             if errors:
                 state.good = old.good if old else []
@@ -103,7 +105,7 @@ class DirectoryPolicySource:
                 for e in errors:
                     log.error("policy file rejected, keeping its last good content: %s", e)
             else:
-                state.good = policies
+                state.good = resources
             self._files[path] = state
             dirty = True
         for gone in set(self._files) - seen:
@@ -114,19 +116,20 @@ class DirectoryPolicySource:
         return self._merge()
 
     def _merge(self) -> bool:
-        by_key: dict[str, TrafficPolicy] = {}
+        """Combine the files' resources; a kind/namespace/name given twice keeps the copy of the first file."""
+        by_key: dict[str, Resource] = {}
         errors: list[PolicyError] = []
         for path in sorted(self._files):
             state = self._files[path]
             errors.extend(state.errors)
-            for p in state.good:
-                if p.key in by_key:
-                    file, _, line = p.source.rpartition(":")
-                    errors.append(PolicyError(file, int(line or 0), f"TrafficPolicy {p.key} is already defined at "
-                                              f"{by_key[p.key].source}; this copy is ignored"))
+            for r in state.good:
+                if (first := by_key.get(r.meta.key)) is not None:
+                    file, _, line = r.meta.source.rpartition(":")
+                    errors.append(PolicyError(file, int(line or 0), f"{r.meta.ref} is already defined at "
+                                              f"{first.meta.source}; this copy is ignored"))
                 else:
-                    by_key[p.key] = p
-        policies = tuple(by_key[k] for k in sorted(by_key))
-        changed = policies != self.policies or tuple(errors) != self.errors
-        self.policies, self.errors = policies, tuple(errors)
+                    by_key[r.meta.key] = r
+        resources = Resources.of(by_key.values())
+        changed = resources != self.resources or tuple(errors) != self.errors
+        self.resources, self.errors = resources, tuple(errors)
         return changed

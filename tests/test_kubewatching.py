@@ -1,9 +1,10 @@
-"""The hub's CR source against a fake API server: list+watch, 410 recovery, and policies reaching agents."""
+"""The hub's CR source against a fake API server: list+watch, 410 recovery, every kind, and policies reaching agents."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,9 @@ from kubernetes.client import CustomObjectsApi
 
 from meshfleet.crdschemas import CRDSchemas
 from meshfleet.demo import EXAMPLES, Fleet, demo_clusters
-from mgmt.kubewatching import KubePolicySource, ResourceWatch, WatchSettings
+from mgmt.kubewatching import PLURALS, KubePolicySource, ResourceWatch, WatchSettings
+from mgmt.model import FailoverPolicy, Resources
+from mgmt.policies import KINDS
 from mgmt.statuswriting import PolicyStatusWriter
 from tests.fakekube import FakeKube
 from tests.fleets import run, until
@@ -42,8 +45,29 @@ def hub_cluster() -> Iterator[FakeKube]:
 def apply(kube: FakeKube, obj: dict[str, Any]) -> None:
     with kube.api_client() as api:
         CustomObjectsApi(api).patch_namespaced_custom_object(
-            "meshfleet.io", "v1alpha1", obj["metadata"]["namespace"], "trafficpolicies", obj["metadata"]["name"],
+            "meshfleet.io", "v1alpha1", obj["metadata"]["namespace"], PLURALS[obj["kind"]], obj["metadata"]["name"],
             obj, field_manager="kubectl", force=True, _content_type="application/apply-patch+yaml")
+
+
+def example_resources() -> list[dict[str, Any]]:
+    """Every policy-kind document of examples/crs (MeshCluster and TrustPolicy are not policies)."""
+    return [d for p in sorted((EXAMPLES / "crs").glob("*.yaml")) for d in yaml.safe_load_all(p.read_text())
+            if d["kind"] in KINDS]
+
+
+def counts(resources: Resources) -> list[int]:
+    return [len(resources.services), len(resources.traffic), len(resources.failover), len(resources.access)]
+
+
+@pytest.fixture
+def source(hub_cluster: FakeKube) -> Iterator[KubePolicySource]:
+    """A source over the fake hub cluster, not started; stopped at the end."""
+    with hub_cluster.api_client() as api:
+        src = KubePolicySource.for_api(api, settings=FAST)
+        try:
+            yield src
+        finally:
+            src.stop()
 
 
 def wait(condition: Any, within: float = 10.0) -> None:
@@ -80,34 +104,159 @@ def test_list_then_watch_follows_creates_updates_deletes_and_recovers_from_410(h
     assert not watch._thread.is_alive()
 
 
-def test_policy_source_reports_a_resource_it_cannot_use_and_keeps_the_others(hub_cluster: FakeKube) -> None:
+def test_policy_source_reports_a_resource_it_cannot_use_and_keeps_the_others(
+        hub_cluster: FakeKube, source: KubePolicySource) -> None:
     apply(hub_cluster, policy("good", 80, 20))
+    # valid for the CRD (header names are free-form there), refused by the hub, which renders them
     apply(hub_cluster, {**policy("later", 80, 20), "spec": {
         "destination": {"service": "reviews"},
-        "http": [{"name": "all", "route": [{"cluster": "us-east-1", "weight": 100}]}]}})
+        "http": [{"name": "all", "match": [{"headers": {"x user": {"exact": "a"}}}],
+                  "route": [{"cluster": "us-east-1", "weight": 100}]}]}})
+    source.start()
+    wait(source.synced)
+    assert source.scan()
+    assert [p.meta.key for p in source.resources.all()] == ["TrafficPolicy/bookinfo/good"]
+    assert [str(e) for e in source.errors] == [
+        "TrafficPolicy bookinfo/later:0: spec.http[0].match[0].headers.x user: 'x user' is not a valid header name"]
+    assert not source.scan()
+
+
+def test_every_kind_appears_in_resources_and_a_deleted_one_disappears(
+        hub_cluster: FakeKube, source: KubePolicySource) -> None:
+    changes = threading.Event()
+    source.on_change = changes.set
+    for doc in example_resources():
+        apply(hub_cluster, doc)
+    source.start()
+    wait(lambda: source.synced() and changes.is_set())
+    assert source.scan()
+    assert source.errors == ()
+    assert counts(source.resources) == [4, 2, 2, 5]
+    assert set(source.objects()) == {(d["kind"], "bookinfo", d["metadata"]["name"]) for d in example_resources()}
+    canary = next(t for t in source.resources.traffic if t.meta.name == "reviews-canary")
+    live = hub_cluster.get("meshfleet.io/v1alpha1", "TrafficPolicy", "reviews-canary", "bookinfo")
+    assert live is not None
+    assert (canary.meta.source, canary.meta.created, canary.meta.generation) == (
+        "TrafficPolicy bookinfo/reviews-canary", live["metadata"]["creationTimestamp"], 1)
+
+    hub_cluster.delete("meshfleet.io/v1alpha1", "MulticlusterService", "ratings", "bookinfo")
+    hub_cluster.delete("meshfleet.io/v1alpha1", "AccessPolicy", "deny-sandbox", "bookinfo")
+    wait(lambda: ("AccessPolicy", "bookinfo", "deny-sandbox") not in source.objects()
+         and ("MulticlusterService", "bookinfo", "ratings") not in source.objects())
+    assert source.scan()
+    assert counts(source.resources) == [3, 2, 2, 4]
+    assert "ratings" not in [s.meta.name for s in source.resources.services]
+    assert "deny-sandbox" not in [a.meta.name for a in source.resources.access]
+
+    fp = next(d for d in example_resources() if d["metadata"]["name"] == "reviews-topology")
+    apply(hub_cluster, {**fp, "spec": {**fp["spec"], "holdDown": "10m"}})
+
+    def topology() -> FailoverPolicy:
+        source.scan()
+        return next(f for f in source.resources.failover if f.meta.name == "reviews-topology")
+
+    wait(lambda: topology().hold_down == "10m")
+    assert topology().meta.generation == 2
+
+
+def test_a_semantic_error_reaches_errors_and_its_fix_reaches_resources(
+        hub_cluster: FakeKube, source: KubePolicySource) -> None:
+    mcs = {"apiVersion": "meshfleet.io/v1alpha1", "kind": "MulticlusterService",
+           "metadata": {"name": "reviews", "namespace": "bookinfo"},
+           "spec": {"backends": {"clusterSelector": {"matchLabels": {"not a key": "prod"}}}}}
+    apply(hub_cluster, mcs)  # label keys are not checked by the CRD
+    apply(hub_cluster, policy("good", 80, 20))
+    source.start()
+    wait(source.synced)
+    source.scan()
+    assert counts(source.resources) == [0, 1, 0, 0]
+    [error] = source.errors
+    assert (error.file, error.line) == ("MulticlusterService bookinfo/reviews", 0)
+    assert error.message.startswith("spec.backends.clusterSelector.matchLabels: label key 'not a key'")
+
+    apply(hub_cluster, {**mcs, "spec": {"backends": {"clusterSelector": {"matchLabels": {"env": "prod"}}}}})
+    wait(lambda: source.scan() and not source.errors)
+    assert counts(source.resources) == [1, 1, 0, 0]
+
+
+def test_nothing_is_published_until_every_kind_is_listed(hub_cluster: FakeKube, source: KubePolicySource) -> None:
+    for doc in example_resources():
+        apply(hub_cluster, doc)
+    late = source.watches["MulticlusterService"]
+    for kind, w in source.watches.items():
+        if kind != "MulticlusterService":
+            w.start()
+    wait(lambda: all(w.synced.is_set() for w in source.watches.values() if w is not late))
+    # the TrafficPolicies name MulticlusterServices: without them they would be refused, or worse, routed nowhere
+    assert not source.synced()
+    assert source.scan() is False
+    assert (source.resources, source.errors) == (Resources(), ())
+
+    late.start()
+    wait(source.synced)
+    assert source.scan() is True
+    assert counts(source.resources) == [4, 2, 2, 5]
+
+
+def test_a_kind_that_cannot_be_listed_is_reported(hub_cluster: FakeKube) -> None:
     with hub_cluster.api_client() as api:
-        watch = ResourceWatch(api, "trafficpolicies", lambda: None, FAST).start()
+        watches = {kind: ResourceWatch(api, plural, lambda: None, FAST) for kind, plural in PLURALS.items()}
+        # as when the AccessPolicy CRD is not installed: every list answers 404
+        watches["AccessPolicy"] = ResourceWatch(api, "accesspolicies", lambda: None, FAST, group="missing.example")
+        source = KubePolicySource(watches).start()
         try:
-            source = KubePolicySource(watch)
-            wait(lambda: watch.synced.is_set())
-            assert source.scan()
-            assert [p.key for p in source.policies] == ["bookinfo/good"]
-            assert [str(e) for e in source.errors] == [
-                "TrafficPolicy bookinfo/later:0: spec.http is not supported by this hub version yet"]
-            assert not source.scan()
+            wait(lambda: bool(watches["AccessPolicy"].last_error) and all(
+                w.synced.is_set() for k, w in watches.items() if k != "AccessPolicy"))
+            assert source.scan() is True
+            assert source.resources == Resources()
+            [error] = source.errors
+            assert (error.file, error.line) == ("AccessPolicy resources", 0)
+            assert error.message.startswith("cannot list accesspolicies.missing.example (404 ")
+            assert error.message.endswith("no resource is used until every kind is listed")
         finally:
-            watch.stop()
+            source.stop()
+    assert not any(w._thread.is_alive() for w in watches.values())
+
+
+def test_the_source_watches_every_policy_kind_and_checks_what_it_is_given(hub_cluster: FakeKube) -> None:
+    assert tuple(PLURALS) == KINDS
+    with hub_cluster.api_client() as api:
+        source = KubePolicySource.for_api(api)
+        assert {k: w.plural for k, w in source.watches.items()} == PLURALS
+        nudged: list[str] = []
+        source.on_change = lambda: nudged.append("x")
+        for w in source.watches.values():
+            w.on_change()
+        assert nudged == ["x"] * 4
+        assert source.last_good() == {}
+        with pytest.raises(ValueError, match="a TrafficPolicy watch must watch trafficpolicies, not accesspolicies"):
+            KubePolicySource({"TrafficPolicy": ResourceWatch(api, "accesspolicies", lambda: None)})
+        with pytest.raises(ValueError, match="at least one watch"):
+            KubePolicySource({})
+
+
+def test_stop_ends_every_watch_together(hub_cluster: FakeKube, source: KubePolicySource) -> None:
+    slow = WatchSettings(watch_timeout=60)  # each watch blocks in its request until an event or the stop
+    for w in source.watches.values():
+        w.settings = slow
+    source.start()
+    wait(source.synced)
+    hub_cluster.wait_for_watches(4)
+    started = time.monotonic()
+    source.stop(timeout=10)
+    assert not any(w._thread.is_alive() for w in source.watches.values())
+    assert time.monotonic() - started < 5  # not the watches' 60 s request timeout
 
 
 def test_a_cr_applied_on_the_hub_cluster_reaches_every_agent_and_its_deletion_prunes(
         tmp_path: Path, hub_cluster: FakeKube) -> None:
     async def scenario() -> None:
         with hub_cluster.api_client() as api:
-            watch = ResourceWatch(api, "trafficpolicies", lambda: fleet.hub.policy_changed(), FAST)
-            fleet = Fleet(tmp_path, demo_clusters(3, tmp_path), None, heartbeat=0.5, grace=3,
-                          source=KubePolicySource(watch))
+            source = KubePolicySource.for_api(api, settings=FAST)
+            fleet = Fleet(tmp_path, demo_clusters(3, tmp_path), None, heartbeat=0.5, grace=3, source=source)
+            source.on_change = fleet.hub.policy_changed
             await fleet.start()
-            watch.start()
+            source.start()
             try:
                 assert await fleet.wait_converged(20)
                 apply(hub_cluster, policy("reviews-split", 80, 20))
@@ -120,7 +269,7 @@ def test_a_cr_applied_on_the_hub_cluster_reaches_every_agent_and_its_deletion_pr
                 hub_cluster.delete("meshfleet.io/v1alpha1", "TrafficPolicy", "reviews-split", "bookinfo")
                 await until(lambda: not any(p.exists() for p in paths), within=15, what="pruning")
             finally:
-                await asyncio.to_thread(watch.stop)
+                await asyncio.to_thread(source.stop)
                 await fleet.stop()
     run(scenario())
 
@@ -136,22 +285,26 @@ def test_status_shows_every_cluster_applied_a_nack_and_an_invalid_resource(
         tmp_path: Path, hub_cluster: FakeKube) -> None:
     async def scenario() -> None:
         with hub_cluster.api_client() as api:
-            watch = ResourceWatch(api, "trafficpolicies", lambda: fleet.hub.policy_changed(), FAST)
-            source = KubePolicySource(watch)
+            source = KubePolicySource.for_api(api, settings=FAST)
             fleet = Fleet(tmp_path, demo_clusters(3, tmp_path), None, heartbeat=0.5, grace=3, source=source)
+            source.on_change = fleet.hub.policy_changed
             # ap-south-1 holds a hand-written file where its VirtualService would go: its agent NACKs
             theirs = fleet.output("ap-south-1") / "bookinfo" / "virtualservice-reviews-global.yaml"
             theirs.parent.mkdir(parents=True)
             theirs.write_text("# not meshfleet's\n")
             writer = PolicyStatusWriter(fleet.hub, source, api, interval=0.1)
             await fleet.start()
-            watch.start()
+            source.start()
             task = asyncio.create_task(writer.run())
             try:
                 apply(hub_cluster, policy("reviews-split", 80, 20))
                 apply(hub_cluster, {**policy("fancy", 80, 20), "spec": {
                     "destination": {"service": "ratings"},
-                    "http": [{"name": "all", "route": [{"cluster": "us-east-1", "weight": 100}]}]}})
+                    "http": [{"name": "all", "match": [{"headers": {"x user": {"exact": "a"}}}],
+                              "route": [{"cluster": "us-east-1", "weight": 100}]}]}})
+                apply(hub_cluster, {**policy("dangling", 80, 20), "spec": {
+                    "destination": {"multiclusterService": "nope"},
+                    "route": [{"cluster": "us-east-1", "weight": 100}]}})
 
                 def status(name: str) -> dict[str, Any]:
                     obj = hub_cluster.get("meshfleet.io/v1alpha1", "TrafficPolicy", name, "bookinfo")
@@ -170,7 +323,15 @@ def test_status_shows_every_cluster_applied_a_nack_and_an_invalid_resource(
                 await until(lambda: bool(status("fancy").get("conditions")), within=5, what="status of fancy")
                 accepted = next(c for c in status("fancy")["conditions"] if c["type"] == "Accepted")
                 assert (accepted["status"], accepted["message"]) == (
-                    "False", "spec.http is not supported by this hub version yet")
+                    "False", "spec.http[0].match[0].headers.x user: 'x user' is not a valid header name")
+                # valid, but naming what does not exist: accepted, unresolved, applied nowhere
+                await until(lambda: len(status("dangling").get("conditions", [])) == 3, within=5, what="dangling")
+                conditions = {c["type"]: c for c in status("dangling")["conditions"]}
+                assert conditions["Accepted"]["status"] == "True"
+                assert (conditions["ResolvedRefs"]["status"], conditions["ResolvedRefs"]["message"]) == (
+                    "False", "MulticlusterService bookinfo/nope does not exist (or is not applied)")
+                assert (conditions["Ready"]["status"], conditions["Ready"]["reason"]) == ("False", "NotApplied")
+                assert status("dangling")["clusters"] == []
                 # fixed: the file goes, the agent applies on the hub's retry, the status follows
                 theirs.unlink()
                 await until(lambda: set(states().values()) == {"Applied"}, within=20, what="all Applied")
@@ -183,6 +344,6 @@ def test_status_shows_every_cluster_applied_a_nack_and_an_invalid_resource(
                 assert [r for r in hub_cluster.writes() if r.subresource == "status"] == []
             finally:
                 task.cancel()
-                await asyncio.to_thread(watch.stop)
+                await asyncio.to_thread(source.stop)
                 await fleet.stop()
     run(scenario())
