@@ -1,4 +1,4 @@
-"""Discovery from a Kubernetes cluster: its Services, their version subsets, its east-west gateway.
+"""Discovery from a Kubernetes cluster: its Services, their pod selectors and version subsets, its east-west gateway.
 
 `inventory_from_cluster` is pure (API objects in, `Inventory` out); `ClusterDiscovery`
 lists the objects with the real client. The agent reports the result to the hub
@@ -18,7 +18,7 @@ from agent.inventory import Inventory, InventoryError, LocalService
 from agent.inventory import parse as parse_inventory
 from agent.kubeapi import Rest, api_message
 from meshfleet.intents import EAST_WEST_PORT, PROTOCOLS, Port, Subset
-from meshfleet.names import dns1123_label_error
+from meshfleet.names import dns1123_label_error, labels_error
 
 SKIPPED_NAMESPACES = frozenset({"kube-system", "kube-public", "kube-node-lease", "istio-system"})
 # Istio's protocol selection: appProtocol, else the port name's prefix (<protocol>[-<suffix>])
@@ -94,7 +94,10 @@ def inventory_from_cluster(services: Iterable[Mapping[str, Any]], pods: Iterable
                            if selector and _matches(selector, labels) and settings.version_label in labels
                            and not dns1123_label_error(labels[settings.version_label])})
         subsets = tuple(Subset(v, {settings.version_label: v}) for v in versions)
-        found.append(LocalService(ns, name, tuple(ports), tuple(sorted((meta.get("labels") or {}).items())), subsets))
+        # the API server has validated it; should it not be a label map anyway, report none (nothing guarded)
+        reported = tuple(sorted(selector.items())) if labels_error(selector) is None else ()
+        found.append(LocalService(ns, name, tuple(ports), tuple(sorted((meta.get("labels") or {}).items())), subsets,
+                                  reported))
     address, port = gateway_address(gateway)
     return Inventory(address, port or EAST_WEST_PORT, tuple(sorted(found, key=lambda s: (s.namespace, s.name))))
 

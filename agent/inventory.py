@@ -26,6 +26,7 @@ class LocalService:
     ports: tuple[Port, ...]
     labels: tuple[tuple[str, str], ...] = ()
     subsets: tuple[Subset, ...] = ()
+    selector: tuple[tuple[str, str], ...] = ()  # the pods it selects: what an AccessPolicy on it guards
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,7 @@ def parse(text: str, filename: str = "inventory") -> Inventory:
     seen: set[tuple[str, str]] = set()
     for i, raw in enumerate(root["services"]):
         where = f"{filename}: services[{i}]"
-        s = _keys(raw, where, ("namespace", "name", "ports"), ("labels", "subsets"))
+        s = _keys(raw, where, ("namespace", "name", "ports"), ("labels", "subsets", "selector"))
         for key in ("namespace", "name"):
             if err := dns1123_label_error(s[key]):
                 raise InventoryError(f"{where}.{key}: {err}")
@@ -108,5 +109,6 @@ def parse(text: str, filename: str = "inventory") -> Inventory:
                 raise InventoryError(f"{xw}.name: subset {x['name']!r} listed twice")
             subsets.append(Subset(x["name"], _labels(x["labels"], xw)))
         services.append(LocalService(s["namespace"], s["name"], tuple(ports),
-                                     tuple(sorted(_labels(s.get("labels"), where).items())), tuple(subsets)))
+                                     tuple(sorted(_labels(s.get("labels"), where).items())), tuple(subsets),
+                                     tuple(sorted(_labels(s.get("selector"), f"{where}.selector").items()))))
     return Inventory(address, port, tuple(sorted(services, key=lambda s: (s.namespace, s.name))))

@@ -216,6 +216,7 @@ class Agent:
                 ports=[hub_pb2.ServicePort(name=p.name, number=p.number, protocol=p.protocol) for p in s.ports],
                 labels=dict(s.labels),
                 subsets=[hub_pb2.Subset(name=x.name, labels=dict(x.labels)) for x in s.subsets],
+                selector=dict(s.selector),
             ) for s in inv.services])
         if report == self._report:
             return None

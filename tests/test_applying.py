@@ -14,7 +14,7 @@ from agent.kubeapi import Rest, RetryPolicy
 from agent.writing import SinkError
 from tests.fakekube import FakeKube
 from tests.istio_support import istio_available, istio_schemas
-from tests.test_render import example_snapshot, rendered
+from tests.test_render import example_objects
 
 CLUSTER = "eu-west-1"
 
@@ -34,7 +34,7 @@ def sink(kube: FakeKube) -> Iterator[KubernetesSink]:
 
 @pytest.fixture
 def objects(tmp_path: Path) -> list[dict[str, Any]]:
-    return rendered(example_snapshot(3, tmp_path))[CLUSTER]
+    return example_objects(tmp_path, CLUSTER)
 
 
 def live(kube: FakeKube, obj: dict[str, Any]) -> dict[str, Any] | None:

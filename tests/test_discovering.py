@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from agent.discovering import DiscoverySettings, gateway_address, inventory_from_cluster, protocol_of
+from agent.inventory import Inventory
+from agent.settings import AgentSettings
+from agent.syncing import Agent
 from meshfleet.intents import Port, Subset
+from meshfleet.v1 import hub_pb2
 
 
 def service(ns: str, name: str, ports: list[dict[str, Any]], selector: dict[str, str] | None = None,
@@ -68,3 +73,43 @@ def test_gateway_without_an_address_yet_reports_none() -> None:
 def test_a_service_without_usable_ports_is_skipped() -> None:
     inv = inventory_from_cluster([service("ns", "svc", [])], [], None, DiscoverySettings())
     assert inv.services == ()
+
+
+def without_selector(ns: str, name: str) -> dict[str, Any]:
+    return {"metadata": {"namespace": ns, "name": name}, "spec": {"ports": [{"name": "http", "port": 80}]}}
+
+
+@pytest.mark.parametrize("svc, selector", [
+    pytest.param(service("shop", "cart", [{"name": "http", "port": 80}], {"app": "cart", "tier": "web"}),
+                 (("app", "cart"), ("tier", "web")), id="selector-sorted"),
+    pytest.param(without_selector("shop", "external"), (), id="no-selector"),
+    pytest.param({**without_selector("shop", "odd"), "spec": {"ports": [{"name": "http", "port": 80}],
+                                                              "selector": {"app": "-not a label-"}}},
+                 (), id="unusable-selector-reported-as-none"),
+])
+def test_each_service_reports_its_pod_selector(svc: dict[str, Any], selector: tuple[tuple[str, str], ...]) -> None:
+    [found] = inventory_from_cluster([svc], [], None, DiscoverySettings()).services
+    assert found.selector == selector
+
+
+class Fixed:
+    """A discovery source that always reads the same inventory."""
+
+    def __init__(self, inventory: Inventory) -> None:
+        self.inventory = inventory
+
+    def read(self) -> Inventory:
+        return self.inventory
+
+
+def test_the_selector_reaches_the_discovery_report_on_the_wire(tmp_path: Path) -> None:
+    inv = inventory_from_cluster(
+        [service("bookinfo", "reviews", [{"name": "http", "port": 9080}], {"app": "reviews", "team": "books"}),
+         without_selector("bookinfo", "external")], [], GATEWAY, DiscoverySettings())
+    agent = Agent(AgentSettings(hub="127.0.0.1:1", cluster="us-east-1", state_dir=tmp_path / "state",
+                                inventory=tmp_path / "inventory.yaml", output=tmp_path / "out"), discovery=Fixed(inv))
+    report = agent._read_inventory()
+    assert report is not None
+    wire = hub_pb2.DiscoveryReport.FromString(report.SerializeToString())
+    assert {s.name: dict(s.selector) for s in wire.services} == {
+        "reviews": {"app": "reviews", "team": "books"}, "external": {}}

@@ -7,7 +7,10 @@ from pathlib import Path
 import pytest
 
 from agent.inventory import Inventory, InventoryError, LocalService, parse
+from agent.settings import AgentSettings
+from agent.syncing import Agent
 from meshfleet.intents import EAST_WEST_PORT, Port, Subset
+from meshfleet.v1 import hub_pb2
 
 EXAMPLES = sorted((Path(__file__).parent.parent / "examples" / "inventories").glob("*.yaml"))
 FILE = "inv/us-east-1.yaml"
@@ -22,6 +25,7 @@ services:
     ports:
       - {name: http, number: 9080, protocol: HTTP}
     labels: {app: reviews}
+    selector: {app: reviews, tier: backend}
     subsets:
       - {name: v1, labels: {version: v1}}
 """
@@ -45,7 +49,7 @@ def test_us_east_1_example_content() -> None:
     reviews = next(s for s in inv.services if s.name == "reviews")
     assert reviews == LocalService("bookinfo", "reviews", (Port("http", 9080, "HTTP"),), (("app", "reviews"),),
                                    (Subset("v1", {"version": "v1"}), Subset("v2", {"version": "v2"}),
-                                    Subset("v3", {"version": "v3"})))
+                                    Subset("v3", {"version": "v3"})), (("app", "reviews"),))
     assert [s.name for s in inv.services] == ["details", "productpage", "ratings", "reviews"]
 
 
@@ -53,8 +57,26 @@ def test_parse_good_inventory() -> None:
     assert parse(GOOD, FILE) == Inventory(
         "eastwest.us-east-1.example", 15443,
         (LocalService("bookinfo", "reviews", (Port("http", 9080, "HTTP"),), (("app", "reviews"),),
-                      (Subset("v1", {"version": "v1"}),)),),
+                      (Subset("v1", {"version": "v1"}),), (("app", "reviews"), ("tier", "backend"))),),
     )
+
+
+def test_the_selector_reaches_the_discovery_report_on_the_wire(tmp_path: Path) -> None:
+    inventory = tmp_path / "inventory.yaml"
+    inventory.write_text(GOOD + "  - {namespace: bookinfo, name: db, ports: [{name: tcp, number: 5432}]}\n")
+    agent = Agent(AgentSettings(hub="127.0.0.1:1", cluster="us-east-1", state_dir=tmp_path / "state",
+                                inventory=inventory, output=tmp_path / "out"))
+    report = agent._read_inventory()
+    assert report is not None
+    wire = hub_pb2.DiscoveryReport.FromString(report.SerializeToString())
+    assert {s.name: dict(s.selector) for s in wire.services} == {
+        "reviews": {"app": "reviews", "tier": "backend"}, "db": {}}
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_every_example_service_reports_its_pod_selector(path: Path) -> None:
+    for s in parse(path.read_text(), str(path)).services:
+        assert s.selector == (("app", s.name),)
 
 
 @pytest.mark.parametrize(
@@ -134,6 +156,15 @@ def replace(old: str, new: str) -> str:
                      f"{FILE}: services[0]: missing required field 'name'", id="missing-service-name"),
         pytest.param(replace("labels: {app: reviews}", "labels: {app: 3}"),
                      f"{FILE}: services[0]: labels must map strings to strings", id="label-not-string"),
+        pytest.param(replace("selector: {app: reviews, tier: backend}", "selector: [app]"),
+                     f"{FILE}: services[0].selector: labels must be a mapping, got list", id="selector-not-a-mapping"),
+        pytest.param(replace("tier: backend}", "tier: 3}"),
+                     f"{FILE}: services[0].selector: labels must map strings to strings",
+                     id="selector-value-not-string"),
+        pytest.param(replace("tier: backend}", "tier: -bad-}"),
+                     f"{FILE}: services[0].selector: label value '-bad-' of 'tier'", id="selector-bad-value"),
+        pytest.param(replace("{app: reviews, tier", "{Bad Key: reviews, tier"),
+                     f"{FILE}: services[0].selector: label key 'Bad Key'", id="selector-bad-key"),
         pytest.param(replace("{name: v1, labels", "{name: V1, labels"),
                      f"{FILE}: services[0].subsets[0].name: 'V1' is not a DNS-1123 label", id="bad-subset-name"),
         pytest.param("gateway: {}\n", f"{FILE}: missing required field 'services'", id="missing-services"),

@@ -1,4 +1,4 @@
-"""The east-west Gateway: remote clusters' calls for `*.global` hosts pass through, routed by their SNI."""
+"""The east-west Gateway: remote clusters' calls for the hosts this cluster serves pass through, routed by SNI."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from agent.render.context import RenderContext
 from meshfleet.intents import EAST_WEST_PORT, ClusterIntent
 
 GATEWAY_NAME = "meshfleet-eastwest"
+GLOBAL_HOSTS = "*.global"
 
 
 def serves(intent: ClusterIntent) -> bool:
@@ -15,18 +16,26 @@ def serves(intent: ClusterIntent) -> bool:
     return any(b.cluster.name == intent.cluster.name for s in intent.services for b in s.backends)
 
 
-def render(ctx: RenderContext) -> dict[str, Any]:
+def hosts(intent: ClusterIntent) -> list[str]:
+    """`*.global`, then, sorted, every other host of a service this cluster backs."""
+    custom = {s.host for s in intent.services if not s.host.endswith(".global")
+              and any(b.cluster.name == intent.cluster.name for b in s.backends)}
+    return [GLOBAL_HOSTS, *sorted(custom)]
+
+
+def render(intent: ClusterIntent, ctx: RenderContext) -> dict[str, Any]:
     return {
         "apiVersion": "networking.istio.io/v1",
         "kind": "Gateway",
-        "metadata": {"name": GATEWAY_NAME, "namespace": ctx.gateway_namespace, "labels": ctx.labels()},
+        "metadata": ctx.metadata(ctx.gateway_namespace, GATEWAY_NAME),
         "spec": {
             "selector": dict(ctx.gateway_selector),
             "servers": [{
                 "port": {"number": EAST_WEST_PORT, "name": "tls", "protocol": "TLS"},
-                # mTLS passes through untouched; the SNI (outbound_.<port>_.<subset>_.<host>) picks the cluster
+                # mTLS passes through untouched; the SNI (outbound_.<port>_.<subset>_.<host>) picks the cluster.
+                # A host missing here is dropped by the gateway, so custom hosts are listed one by one.
                 "tls": {"mode": "AUTO_PASSTHROUGH"},
-                "hosts": ["*.global"],
+                "hosts": hosts(intent),
             }],
         },
     }

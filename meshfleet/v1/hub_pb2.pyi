@@ -109,8 +109,15 @@ class Gateway(_message.Message):
     def __init__(self, address: _Optional[str] = ..., port: _Optional[int] = ...) -> None: ...
 
 class Service(_message.Message):
-    __slots__ = ("namespace", "name", "ports", "labels", "subsets")
+    __slots__ = ("namespace", "name", "ports", "labels", "subsets", "selector")
     class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class SelectorEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -122,12 +129,14 @@ class Service(_message.Message):
     PORTS_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     SUBSETS_FIELD_NUMBER: _ClassVar[int]
+    SELECTOR_FIELD_NUMBER: _ClassVar[int]
     namespace: str
     name: str
     ports: _containers.RepeatedCompositeFieldContainer[ServicePort]
     labels: _containers.ScalarMap[str, str]
     subsets: _containers.RepeatedCompositeFieldContainer[Subset]
-    def __init__(self, namespace: _Optional[str] = ..., name: _Optional[str] = ..., ports: _Optional[_Iterable[_Union[ServicePort, _Mapping]]] = ..., labels: _Optional[_Mapping[str, str]] = ..., subsets: _Optional[_Iterable[_Union[Subset, _Mapping]]] = ...) -> None: ...
+    selector: _containers.ScalarMap[str, str]
+    def __init__(self, namespace: _Optional[str] = ..., name: _Optional[str] = ..., ports: _Optional[_Iterable[_Union[ServicePort, _Mapping]]] = ..., labels: _Optional[_Mapping[str, str]] = ..., subsets: _Optional[_Iterable[_Union[Subset, _Mapping]]] = ..., selector: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class ServicePort(_message.Message):
     __slots__ = ("name", "number", "protocol")
