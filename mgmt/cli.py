@@ -15,11 +15,12 @@ from pathlib import Path
 from kubernetes.client import ApiClient
 
 from meshfleet.kubeclients import KubeConfigError, kubernetes_client
-from meshfleet.names import parse_duration
+from meshfleet.names import labels_error, parse_duration
 from mgmt import status as status_view
 from mgmt.enrollment import IssuedToken, add_cluster, issue_token
-from mgmt.kubewatching import KubePolicySource, ResourceWatch
-from mgmt.registry import Registry, RegistryError
+from mgmt.kubewatching import KubePolicySource
+from mgmt.meshclusters import MeshClusterManager
+from mgmt.registry import ORIGIN_MESHCLUSTER, Registry, RegistryError
 from mgmt.serving import Hub
 from mgmt.settings import HubSettings
 from mgmt.statuswriting import PolicyStatusWriter
@@ -33,7 +34,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     hub.add_argument("--listen", default="127.0.0.1:7443", help="mutual-TLS Sync address (default %(default)s)")
     hub.add_argument("--bootstrap-listen", help="Register address (default: the listen port + 1)")
     hub.add_argument("--policies", type=Path, help="directory of policy YAML files (embedded mode)")
-    hub.add_argument("--kubeconfig", type=Path, help="watch TrafficPolicy custom resources in this cluster")
+    hub.add_argument("--kubeconfig", type=Path, help="watch the meshfleet custom resources in this cluster")
     hub.add_argument("--in-cluster", action="store_true", help="watch custom resources with the pod's account")
     hub.add_argument("--advertise-host", action="append", default=[],
                      help="extra DNS name or IP agents use to reach the hub (repeatable)")
@@ -49,6 +50,8 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     add.add_argument("--region", required=True)
     add.add_argument("--zone", required=True)
     add.add_argument("--network", required=True)
+    add.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
+                     help="a label cluster selectors match (repeatable)")
     add.add_argument("--state-dir", type=Path, required=True)
     add.add_argument("--ttl", default="1h", help="token lifetime (default %(default)s)")
     add.set_defaults(func=cluster_add)
@@ -60,6 +63,9 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     rm = csub.add_parser("remove", help="remove a cluster; its agent certificate stops being accepted")
     rm.add_argument("name")
     rm.add_argument("--state-dir", type=Path, required=True)
+    rm.add_argument("--force", action="store_true",
+                    help="also remove a cluster its MeshCluster resource manages (a hub in kube mode adds it back "
+                         "while the resource exists)")
     rm.set_defaults(func=cluster_remove)
 
     st = sub.add_parser("status", help="clusters, connection, versions, last NACK")
@@ -74,11 +80,31 @@ def _print_token(issued: IssuedToken, name: str) -> None:
     print(issued.token)
 
 
+def parse_labels(items: list[str]) -> dict[str, str]:
+    """`KEY=VALUE` strings as a label map; ValueError naming the bad item (Kubernetes label syntax)."""
+    labels: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--label {item!r}: expected KEY=VALUE")
+        if key in labels:
+            raise ValueError(f"--label {item!r}: label {key!r} given twice")
+        if err := labels_error({key: value}):
+            raise ValueError(f"--label {item!r}: {err}")
+        labels[key] = value
+    return labels
+
+
 def cluster_add(args: argparse.Namespace) -> int:
+    try:
+        labels = parse_labels(args.label)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     registry = Registry(args.state_dir)
     try:
         _print_token(add_cluster(registry, args.state_dir, args.name, args.region, args.zone, args.network,
-                                 parse_duration(args.ttl)), args.name)
+                                 parse_duration(args.ttl), labels=labels), args.name)
     except (RegistryError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -102,6 +128,10 @@ def cluster_token(args: argparse.Namespace) -> int:
 def cluster_remove(args: argparse.Namespace) -> int:
     registry = Registry(args.state_dir)
     try:
+        record = registry.cluster(args.name)
+        if record is not None and record.origin == ORIGIN_MESHCLUSTER and not args.force:
+            raise RegistryError(f"cluster {args.name!r} is managed by its MeshCluster resource: delete that "
+                                f"(kubectl delete meshcluster {args.name}), or pass --force")
         registry.remove_cluster(args.name)
     except RegistryError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -131,7 +161,7 @@ def run_hub(args: argparse.Namespace) -> int:
                            heartbeat_interval=args.heartbeat_interval, liveness_grace=args.liveness_grace,
                            stream_timeout=max(args.liveness_grace, 4 * args.heartbeat_interval))
 
-    watch: ResourceWatch | None = None
+    source: KubePolicySource | None = None
     api: ApiClient | None = None
     if args.kubeconfig or args.in_cluster:
         if args.policies:
@@ -142,10 +172,9 @@ def run_hub(args: argparse.Namespace) -> int:
         except KubeConfigError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-        watch = ResourceWatch(api, "trafficpolicies", on_change=lambda: None)
+        source = KubePolicySource.for_api(api)
 
     async def main() -> None:
-        source = KubePolicySource(watch) if watch else None
         hub = Hub(settings, source=source)
         await hub.start()
         # what start-up loaded lives as long as the process: keep it out of the collector's full
@@ -153,10 +182,12 @@ def run_hub(args: argparse.Namespace) -> int:
         gc.collect()
         gc.freeze()
         writer: asyncio.Task[None] | None = None
-        if watch is not None and source is not None and api is not None:
-            watch.on_change = hub.policy_changed  # every watched change triggers a rescan at once
-            watch.start()
+        if source is not None and api is not None:
+            source.on_change = hub.policy_changed  # every watched change triggers a rescan at once
+            source.start()
             writer = asyncio.create_task(PolicyStatusWriter(hub, source, api).run())
+        # kube mode: MeshCluster resources are the source of clusters, and get their status written
+        meshclusters = MeshClusterManager(hub, api, settings.state_dir).start() if api is not None else None
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -167,8 +198,10 @@ def run_hub(args: argparse.Namespace) -> int:
             log.info("hub stopping")
             if writer is not None:
                 writer.cancel()
-            if watch is not None:
-                await asyncio.to_thread(watch.stop)
+            if meshclusters is not None:
+                await meshclusters.stop()
+            if source is not None:
+                await asyncio.to_thread(source.stop)
             await hub.stop()
 
     try:

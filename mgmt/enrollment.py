@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from meshfleet.jointokens import JoinToken
-from meshfleet.names import dns1123_label_error, topology_name_error
+from meshfleet.names import dns1123_label_error, labels_error, topology_name_error
 from mgmt.identities import load_or_create_ca
 from mgmt.registry import Registry, RegistryError
 from mgmt.tokens import new_secret
@@ -40,7 +41,9 @@ def issue_token(registry: Registry, state_dir: Path, cluster: str, ttl: float = 
 
 
 def add_cluster(registry: Registry, state_dir: Path, name: str, region: str, zone: str, network: str,
-                ttl: float = DEFAULT_TOKEN_TTL) -> IssuedToken:
+                ttl: float = DEFAULT_TOKEN_TTL, labels: Mapping[str, str] | None = None) -> IssuedToken:
     validate_cluster(name, region, zone, network)
-    registry.add_cluster(name, region, zone, network, time.time())
+    if err := labels_error(dict(labels or {})):
+        raise RegistryError(f"labels: {err}")
+    registry.add_cluster(name, region, zone, network, time.time(), labels=dict(labels or {}))
     return issue_token(registry, state_dir, name, ttl)

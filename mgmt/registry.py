@@ -4,6 +4,11 @@ One SQLite file (`hub.db`, 0600) in the state directory. SQLite gives us
 transactions across the hub process and the CLI (`cluster add` while the hub
 runs) without a lock protocol of our own. WAL mode with synchronous=NORMAL keeps
 a status write in the tens of microseconds.
+
+Each cluster records its `origin`: `cli` (added by `meshfleet cluster add`, removed only
+by `meshfleet cluster remove`) or `meshcluster` (created, updated and removed by the hub
+from MeshCluster custom resources, see mgmt/meshclusters.py). Files written before a
+column existed are migrated when opened (see `_MIGRATIONS`).
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import os
 import sqlite3
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +33,9 @@ CREATE TABLE IF NOT EXISTS clusters (
     created_at REAL NOT NULL,
     cert_fingerprint TEXT,
     cert_not_after REAL,
-    registered_at REAL
+    registered_at REAL,
+    labels TEXT NOT NULL DEFAULT '{}',
+    origin TEXT NOT NULL DEFAULT 'cli'
 );
 CREATE TABLE IF NOT EXISTS tokens (
     token_id TEXT PRIMARY KEY,
@@ -59,6 +66,19 @@ CREATE TABLE IF NOT EXISTS meta (
 );
 """
 
+# columns added to `clusters` after its first release: (name, definition) for ALTER TABLE ADD COLUMN,
+# so that a hub.db written by an older version opens with its clusters intact
+_MIGRATIONS = (
+    ("labels", "TEXT NOT NULL DEFAULT '{}'"),
+    ("origin", "TEXT NOT NULL DEFAULT 'cli'"),
+)
+
+ORIGIN_CLI = "cli"
+"""A cluster added by `meshfleet cluster add`: only `meshfleet cluster remove` removes it."""
+ORIGIN_MESHCLUSTER = "meshcluster"
+"""A cluster whose MeshCluster resource is its source of truth: the hub adds, updates and removes it."""
+ORIGINS = (ORIGIN_CLI, ORIGIN_MESHCLUSTER)
+
 
 class RegistryError(Exception):
     """A registry operation the user asked for that cannot be done (message says why)."""
@@ -66,14 +86,34 @@ class RegistryError(Exception):
 
 @dataclass(frozen=True)
 class ClusterRecord:
+    """One member cluster as the registry stores it."""
+
     name: str
+    """Cluster name (a DNS-1123 label): the name policies and the agent's certificate use."""
     region: str
+    """Locality region of its workloads."""
     zone: str
+    """Locality zone within the region."""
     network: str
+    """Istio network name; peers on other networks go through its east-west gateway."""
     created_at: float
+    """When the entry was created (epoch seconds); a removed and re-added cluster gets a new one."""
     cert_fingerprint: str | None = None
+    """SHA-256 of the agent's client certificate, None until the agent registered with a token."""
     cert_not_after: float | None = None
+    """notAfter of that certificate (epoch seconds)."""
     registered_at: float | None = None
+    """When the agent last registered (epoch seconds)."""
+    labels: Mapping[str, str] = field(default_factory=dict, hash=False)
+    """Kubernetes-style labels: what the clusterSelectors of MulticlusterService/TrafficPolicy match."""
+    origin: str = ORIGIN_CLI
+    """Who manages the entry: ORIGIN_CLI or ORIGIN_MESHCLUSTER."""
+
+
+def _record(row: sqlite3.Row) -> ClusterRecord:
+    values = dict(row)
+    values["labels"] = json.loads(values["labels"])
+    return ClusterRecord(**values)
 
 
 @dataclass
@@ -94,12 +134,21 @@ class ClusterStatus:
 _STATUS_COLUMNS = [f.name for f in fields(ClusterStatus)]
 
 
+def _check_origin(origin: str) -> None:
+    if origin not in ORIGINS:
+        raise ValueError(f"origin must be one of {', '.join(ORIGINS)}, not {origin!r}")
+
+
 class Registry:
     def __init__(self, state_dir: Path) -> None:
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.path = state_dir / "hub.db"
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        os.close(fd)
+        if not self.path.exists():
+            # create it 0600 before SQLite does with the umask's mode. Only when missing: closing any
+            # descriptor of an open database drops every POSIX lock this process holds on it, and
+            # another process's connection could then checkpoint and delete the WAL under ours
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            os.close(fd)
         # autocommit mode; transactions are explicit in _tx
         self._db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None, check_same_thread=False)
         self._db.row_factory = sqlite3.Row
@@ -107,6 +156,7 @@ class Registry:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(_SCHEMA)
+        self._migrate()
         for suffix in ("-wal", "-shm"):
             side = self.path.with_name(self.path.name + suffix)
             if side.exists():
@@ -114,6 +164,17 @@ class Registry:
 
     def close(self) -> None:
         self._db.close()
+
+    def _migrate(self) -> None:
+        """Add the columns a hub.db from an older version lacks (their defaults fill existing rows)."""
+        def missing() -> list[tuple[str, str]]:
+            have = {r["name"] for r in self._db.execute("PRAGMA table_info(clusters)")}
+            return [(name, ddl) for name, ddl in _MIGRATIONS if name not in have]
+        if not missing():
+            return  # the common case: no write lock taken
+        with self._tx() as db:
+            for name, ddl in missing():  # again under the lock: the hub and the CLI may both be migrating
+                db.execute(f"ALTER TABLE clusters ADD COLUMN {name} {ddl}")
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -126,29 +187,65 @@ class Registry:
         self._db.execute("COMMIT")
 
     # clusters ---------------------------------------------------------------------------------
-    def add_cluster(self, name: str, region: str, zone: str, network: str, now: float) -> ClusterRecord:
+    def add_cluster(self, name: str, region: str, zone: str, network: str, now: float, *,
+                    labels: Mapping[str, str] | None = None, origin: str = ORIGIN_CLI) -> ClusterRecord:
+        """Create a cluster without certificate or token; RegistryError if the name is taken.
+
+        The values are stored as given: callers validate them (mgmt.enrollment, mgmt.meshclusters).
+        """
+        _check_origin(origin)
+        labels = dict(labels or {})
         with self._tx() as db:
             if db.execute("SELECT 1 FROM clusters WHERE name=?", (name,)).fetchone():
                 raise RegistryError(f"cluster {name!r} already exists; issue a new bootstrap token with "
                                     f"`meshfleet cluster token {name}`")
-            db.execute("INSERT INTO clusters(name, region, zone, network, created_at) VALUES (?,?,?,?,?)",
-                       (name, region, zone, network, now))
+            db.execute("INSERT INTO clusters(name, region, zone, network, created_at, labels, origin)"
+                       " VALUES (?,?,?,?,?,?,?)",
+                       (name, region, zone, network, now, json.dumps(labels, sort_keys=True), origin))
             db.execute("INSERT INTO status(cluster, connection, agent_version, acked_version, desired_version,"
                        " nack_version, nack_error) VALUES (?, 'Pending', '', '', '', '', '')", (name,))
-        return ClusterRecord(name, region, zone, network, now)
+        return ClusterRecord(name, region, zone, network, now, labels=labels, origin=origin)
 
-    def remove_cluster(self, name: str) -> None:
+    def update_cluster(self, name: str, region: str, zone: str, network: str, labels: Mapping[str, str], *,
+                       origin: str | None = None) -> ClusterRecord:
+        """Change a cluster's topology and labels (and its origin, if given) in place; returns the new record.
+
+        Its certificate, tokens, status and discovery are kept: the agent stays connected and
+        the hub re-translates at its next registry refresh. RegistryError if it does not exist.
+        """
+        if origin is not None:
+            _check_origin(origin)
         with self._tx() as db:
-            if db.execute("DELETE FROM clusters WHERE name=?", (name,)).rowcount == 0:
+            row = db.execute("SELECT * FROM clusters WHERE name=?", (name,)).fetchone()
+            if row is None:
                 raise RegistryError(f"unknown cluster {name!r}")
+            db.execute("UPDATE clusters SET region=?, zone=?, network=?, labels=?, origin=? WHERE name=?",
+                       (region, zone, network, json.dumps(dict(labels), sort_keys=True),
+                        origin if origin is not None else row["origin"], name))
+            updated = db.execute("SELECT * FROM clusters WHERE name=?", (name,)).fetchone()
+        return _record(updated)
+
+    def remove_cluster(self, name: str, *, origin: str | None = None) -> None:
+        """Delete a cluster with its tokens, status and discovery: its certificate stops being accepted.
+
+        With `origin`, only a cluster of that origin is removed (RegistryError otherwise), so a
+        MeshCluster deletion can never remove a cluster someone added with `cluster add` meanwhile.
+        """
+        with self._tx() as db:
+            row = db.execute("SELECT origin FROM clusters WHERE name=?", (name,)).fetchone()
+            if row is None:
+                raise RegistryError(f"unknown cluster {name!r}")
+            if origin is not None and row["origin"] != origin:
+                raise RegistryError(f"cluster {name!r} has origin {row['origin']!r}, not {origin!r}; not removed")
+            db.execute("DELETE FROM clusters WHERE name=?", (name,))
 
     def clusters(self) -> dict[str, ClusterRecord]:
         rows = self._db.execute("SELECT * FROM clusters ORDER BY name").fetchall()
-        return {r["name"]: ClusterRecord(**dict(r)) for r in rows}
+        return {r["name"]: _record(r) for r in rows}
 
     def cluster(self, name: str) -> ClusterRecord | None:
         row = self._db.execute("SELECT * FROM clusters WHERE name=?", (name,)).fetchone()
-        return ClusterRecord(**dict(row)) if row else None
+        return _record(row) if row else None
 
     # tokens -----------------------------------------------------------------------------------
     def add_token(self, cluster: str, token_id: str, secret: str, now: float, ttl_seconds: float) -> float:

@@ -1,4 +1,8 @@
-"""`meshfleet status`: clusters with connection, heartbeat, versions and the last NACK."""
+"""`meshfleet status`: clusters with connection, heartbeat, versions and the last NACK.
+
+`-o json` also gives each cluster's labels and origin (`cli`: added by `meshfleet cluster add`;
+`meshcluster`: managed from a MeshCluster resource).
+"""
 
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ def collect(registry: Registry) -> dict[str, Any]:
         st = statuses.get(name)
         clusters.append({
             "name": name, "region": c.region, "zone": c.zone, "network": c.network,
+            "labels": dict(sorted(c.labels.items())), "origin": c.origin,
             "registered": c.registered_at is not None,
             "connection": st.connection if st else "Pending",
             "agentVersion": st.agent_version if st else "",

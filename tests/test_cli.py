@@ -48,6 +48,53 @@ def test_cluster_commands_refuse_bad_input(tmp_path: Path, capsys: pytest.Captur
     assert message in capsys.readouterr().err
 
 
+def test_cluster_add_labels_show_in_status(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*ADD, "--label", "env=prod", "--label", "example.com/tier=", "--state-dir", str(tmp_path)]) == 0
+    capsys.readouterr()
+    assert main(["status", "--state-dir", str(tmp_path), "-o", "json"]) == 0
+    [east] = json.loads(capsys.readouterr().out)["clusters"]
+    assert (east["labels"], east["origin"]) == ({"env": "prod", "example.com/tier": ""}, "cli")
+
+
+@pytest.mark.parametrize("label, message", [
+    pytest.param("env", "expected KEY=VALUE", id="no-equals"),
+    pytest.param("=prod", "label key ''", id="empty-key"),
+    pytest.param("bad key=x", "label key 'bad key'", id="space-in-key"),
+    pytest.param("env=not ok", "label value 'not ok'", id="space-in-value"),
+    pytest.param("env=" + "x" * 64, "no more than 63 characters", id="value-too-long"),
+    pytest.param("a/b/c=x", "label key 'a/b/c'", id="two-slashes"),
+])
+def test_cluster_add_refuses_a_malformed_label_with_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                           label: str, message: str) -> None:
+    assert main([*ADD, "--label", "ok=yes", "--label", label, "--state-dir", str(tmp_path)]) == 2
+    out, err = capsys.readouterr()
+    assert message in err and err.startswith("error: --label")
+    assert out == ""
+    assert not (tmp_path / "hub.db").exists()  # refused before anything was stored
+
+
+def test_cluster_add_refuses_a_label_given_twice(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*ADD, "--label", "env=a", "--label", "env=b", "--state-dir", str(tmp_path)]) == 2
+    assert "given twice" in capsys.readouterr().err
+
+
+def test_cluster_remove_leaves_a_meshcluster_managed_cluster_unless_forced(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from mgmt.registry import ORIGIN_MESHCLUSTER, Registry
+
+    registry = Registry(tmp_path)
+    registry.add_cluster("east", "us-east", "us-east-1a", "n1", 1.0, origin=ORIGIN_MESHCLUSTER)
+    registry.close()
+    assert main(["cluster", "token", "east", "--state-dir", str(tmp_path)]) == 0  # MeshCluster entries get tokens
+    capsys.readouterr()
+    assert main(["cluster", "remove", "east", "--state-dir", str(tmp_path)]) == 1
+    assert "kubectl delete meshcluster east" in capsys.readouterr().err
+    assert main(["cluster", "remove", "east", "--force", "--state-dir", str(tmp_path)]) == 0
+    capsys.readouterr()
+    assert main(["status", "--state-dir", str(tmp_path), "-o", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["clusters"] == []
+
+
 def test_status_without_state_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["status", "--state-dir", str(tmp_path)]) == 1
     assert "no hub state" in capsys.readouterr().err
