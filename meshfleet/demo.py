@@ -16,8 +16,8 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ class DemoCluster:
     zone: str
     network: str
     inventory: Path
+    labels: Mapping[str, str] = field(default_factory=dict)
 
 
 def demo_clusters(count: int, workdir: Path, examples: Path = EXAMPLES) -> list[DemoCluster]:
@@ -54,7 +55,7 @@ def demo_clusters(count: int, workdir: Path, examples: Path = EXAMPLES) -> list[
         b = base[i % len(base)]
         if i < len(base):
             out.append(DemoCluster(b["name"], b["region"], b["zone"], b["network"],
-                                   examples / "inventories" / f"{b['name']}.yaml"))
+                                   examples / "inventories" / f"{b['name']}.yaml", dict(b.get("labels") or {})))
             continue
         region = EXTRA_REGIONS[(i - len(base)) % len(EXTRA_REGIONS)]
         name = f"{region}-{i + 1}"
@@ -63,7 +64,8 @@ def demo_clusters(count: int, workdir: Path, examples: Path = EXAMPLES) -> list[
         path = workdir / "inventories" / f"{name}.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(yaml.safe_dump(inv))
-        out.append(DemoCluster(name, region, f"{region}-a", f"net-{region}", path))
+        labels = {**(b.get("labels") or {}), "region": region}
+        out.append(DemoCluster(name, region, f"{region}-a", f"net-{region}", path, labels))
     return out
 
 
@@ -97,7 +99,7 @@ class Fleet:
         for c in self.clusters:
             if self.hub.registry.cluster(c.name) is None:
                 issued = add_cluster(self.hub.registry, self.hub.settings.state_dir, c.name, c.region, c.zone,
-                                     c.network)
+                                     c.network, labels=c.labels)
                 self.tokens[c.name] = str(issued.token)
         self.hub.refresh_clusters()
         self.hub.mark_dirty()

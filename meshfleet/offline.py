@@ -17,10 +17,10 @@ import yaml
 from agent import inventory as inventories
 from agent.render import RenderContext, render
 from meshfleet.crdschemas import CRDSchemas
-from meshfleet.intents import ClusterRef
-from meshfleet.names import dns1123_label_error, topology_name_error
+from meshfleet.intents import ClusterRef, IntentError
+from meshfleet.names import dns1123_label_error, labels_error, topology_name_error
 from mgmt.model import DiscoveredService, Discovery, Snapshot
-from mgmt.translate import translate
+from mgmt.translate import resource_problems, translate
 from mgmt.watching import DirectoryPolicySource
 
 
@@ -28,31 +28,38 @@ class OfflineError(Exception):
     """Input that cannot be rendered; the message names the file."""
 
 
-def load_clusters(path: Path) -> dict[str, ClusterRef]:
+def load_clusters(path: Path) -> tuple[dict[str, ClusterRef], dict[str, dict[str, str]]]:
+    """(clusters, their labels) from a YAML list of {name, region, zone, network, labels (optional)}."""
     if not path.exists():
         raise OfflineError(f"no topology file {path}: pass --clusters FILE, a YAML list of "
-                           "{name, region, zone, network}")
+                           "{name, region, zone, network, labels}")
     try:
         doc = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise OfflineError(f"{path}: {exc}") from exc
     if not isinstance(doc, list):
         raise OfflineError(f"{path}: expected a list of {{name, region, zone, network}}")
-    clusters = {}
+    clusters, labels = {}, {}
     for i, c in enumerate(doc):
-        if not isinstance(c, dict) or set(c) != {"name", "region", "zone", "network"}:
-            raise OfflineError(f"{path}: item {i} must have exactly name, region, zone and network")
+        if not isinstance(c, dict) or not {"name", "region", "zone", "network"} <= set(c) <= {
+                "name", "region", "zone", "network", "labels"}:
+            raise OfflineError(f"{path}: item {i} must have name, region, zone and network (and optionally labels)")
         if err := dns1123_label_error(c["name"]) or next(
-                (e for k in ("region", "zone", "network") if (e := topology_name_error(c[k]))), None):
+                (e for k in ("region", "zone", "network") if (e := topology_name_error(c[k]))), None) \
+                or labels_error(c.get("labels") or {}):
             raise OfflineError(f"{path}: item {i}: {err}")
+        if c["name"] in clusters:
+            raise OfflineError(f"{path}: item {i}: cluster {c['name']} is listed twice")
         clusters[c["name"]] = ClusterRef(c["name"], c["region"], c["zone"], c["network"])
-    return clusters
+        labels[c["name"]] = dict(c.get("labels") or {})
+    return clusters, labels
 
 
 def discovery_of(inv: inventories.Inventory) -> Discovery:
     """An inventory as the hub sees it once its agent reported it."""
     return Discovery(inv.gateway_address, inv.gateway_port, {
-        (s.namespace, s.name): DiscoveredService(s.namespace, s.name, s.ports, s.subsets) for s in inv.services})
+        (s.namespace, s.name): DiscoveredService(s.namespace, s.name, s.ports, s.subsets, s.selector)
+        for s in inv.services})
 
 
 def load_discovery(directory: Path, clusters: dict[str, ClusterRef]) -> dict[str, Discovery]:
@@ -72,16 +79,18 @@ def load_discovery(directory: Path, clusters: dict[str, ClusterRef]) -> dict[str
 def render_cluster(policies: Path, inventory_dir: Path, clusters_file: Path, cluster: str
                    ) -> tuple[list[dict[str, Any]], list[str]]:
     """(objects, problems) for one cluster; raises OfflineError for input that cannot be used."""
-    clusters = load_clusters(clusters_file)
+    clusters, labels = load_clusters(clusters_file)
     if cluster not in clusters:
         raise OfflineError(f"unknown cluster {cluster!r}; {clusters_file} lists {', '.join(sorted(clusters))}")
     source = DirectoryPolicySource(policies)
     source.scan()
     if source.errors:
         raise OfflineError("policy files rejected:\n  " + "\n  ".join(str(e) for e in source.errors))
-    snapshot = Snapshot(clusters, load_discovery(inventory_dir, clusters), source.policies)
+    snapshot = Snapshot(clusters, load_discovery(inventory_dir, clusters), source.resources, labels)
     result = translate(snapshot, cluster)
-    return render(result.intent, RenderContext(cluster)), [f"{p.policy}: {p.message}" for p in result.problems]
+    problems = sorted({*resource_problems(snapshot), *result.problems})
+    return render(result.intent, RenderContext(cluster)), [f"{p.policy.replace('/', ' ', 1)}: {p.message}"
+                                                           for p in problems]
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -89,7 +98,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--policies", type=Path, required=True, help="directory of policy YAML files")
     p.add_argument("--inventories", type=Path, required=True, help="directory of <cluster>.yaml inventories")
     p.add_argument("--clusters", type=Path,
-                   help="topology: a YAML list of {name, region, zone, network} (default: INVENTORIES/clusters.yaml)")
+                   help="topology: a YAML list of {name, region, zone, network, labels} "
+                        "(default: INVENTORIES/clusters.yaml)")
     p.add_argument("--cluster", required=True, help="the cluster to render for")
     p.add_argument("-o", "--output", choices=["yaml"], default="yaml")
     p.add_argument("--validate", type=Path, metavar="CRDS",
@@ -106,11 +116,11 @@ def run_render(args: argparse.Namespace) -> int:
             schemas = CRDSchemas.from_file(args.validate)
             invalid = [f"{o['kind']} {o['metadata']['namespace']}/{o['metadata']['name']}: {e}"
                        for o in objects for e in schemas.validate(o)]
-    except (OfflineError, OSError) as exc:
+    except (OfflineError, OSError, IntentError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     for problem in problems:
-        print(f"warning: policy {problem}", file=sys.stderr)
+        print(f"warning: {problem}", file=sys.stderr)
     for err in invalid:
         print(f"error: invalid object: {err}", file=sys.stderr)
     sys.stdout.write(yaml.safe_dump_all(objects, sort_keys=False) if objects else "")
