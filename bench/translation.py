@@ -138,8 +138,8 @@ def traffic_policy(k: int, ns: str, dest: Destination, chosen: list[str], first:
         rules = (HttpRule("default", route),)
         simple = True
     else:
-        rules = (HttpRule("canary", (RouteTarget(chosen[1], 100),),
-                          (RequestMatch((("x-canary", StringMatch("exact", "1")),)),), "2s", Retries(2, "500ms", "5xx")),
+        canary = (RequestMatch((("x-canary", StringMatch("exact", "1")),)),)
+        rules = (HttpRule("canary", (RouteTarget(chosen[1], 100),), canary, "2s", Retries(2, "500ms", "5xx")),
                  HttpRule("default", route, timeout="3s"))
         simple = False
     return TrafficPolicy(Meta("TrafficPolicy", ns, f"tp-{k:04d}"), dest, rules, clients, simple)

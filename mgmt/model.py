@@ -166,7 +166,7 @@ class TrafficPolicy:
 class FailoverPolicy:
     meta: Meta
     destination: Destination
-    outlier: OutlierDetection = OutlierDetection()
+    outlier: OutlierDetection = field(default_factory=OutlierDetection)
     priority_mode: str = "Topology"  # Topology | Explicit
     priority: tuple[str, ...] = ()  # cluster names, Explicit mode
     evict_lost_clusters: bool = True

@@ -24,6 +24,7 @@ from meshfleet.intents import MEDIA_TYPE, PROTOCOL_VERSION, ClusterRef, Encoder
 from meshfleet.jointokens import register_address
 from meshfleet.names import dns1123_label_error
 from meshfleet.v1 import hub_pb2, hub_pb2_grpc
+from mgmt import changes
 from mgmt.identities import (
     CSRRejected,
     cluster_of,
@@ -32,7 +33,6 @@ from mgmt.identities import (
     load_or_create_ca,
     sign_cluster_csr,
 )
-from mgmt import changes
 from mgmt.model import Discovery, DiscoveryError, Resource, Resources, Snapshot, discovery_from_json
 from mgmt.registry import ClusterStatus, Registry
 from mgmt.settings import HubSettings

@@ -56,4 +56,5 @@ def test_policy_problems_are_warnings(tmp_path: Path, capsys: pytest.CaptureFixt
     clusters.write_text(yaml.safe_dump(yaml.safe_load((EXAMPLES / "clusters.yaml").read_text())[:2]))
     assert main(["render", "--policies", str(EXAMPLES / "policies"), "--inventories", str(EXAMPLES / "inventories"),
                  "--clusters", str(clusters), "--cluster", "us-east-1"]) == 0
-    assert "warning: TrafficPolicy bookinfo/details-split: spec.route names unknown cluster 'ap-south-1'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "warning: TrafficPolicy bookinfo/details-split: spec.route names unknown cluster 'ap-south-1'" in err
