@@ -557,15 +557,77 @@ def test_the_example_resources_render_valid_istio_everywhere(tmp_path: Path) -> 
     assert {"ServiceEntry", "DestinationRule", "VirtualService", "Gateway"} <= kinds
 
 
-def test_render_matches_golden_files(tmp_path: Path, request: pytest.FixtureRequest) -> None:
-    """Per-cluster rendered YAML for the 3-cluster example; regenerate with --update-golden."""
-    golden_dir = Path(__file__).parent / "golden" / "three-regions"
-    policies = sorted((EXAMPLES / "policies").glob("*.yaml"))
-    for cluster, objs in fleet(tmp_path, policies, MONGO_POLICY).items():
-        text = yaml.safe_dump_all(objs, sort_keys=False)
-        path = golden_dir / f"{cluster}.yaml"
+# resolved in status rather than applied: a second route for reviews (the older, by name among files, wins),
+# a second failover policy, a rule to a subset no cluster has, and access narrowed to one cluster
+CONFLICTS = """
+apiVersion: meshfleet.io/v1alpha1
+kind: TrafficPolicy
+metadata: {name: reviews-zz-late, namespace: bookinfo}
+spec:
+  destination: {multiclusterService: reviews}
+  clients: {clusters: [eu-west-1]}
+  route:
+    - {cluster: eu-west-1, weight: 100}
+---
+apiVersion: meshfleet.io/v1alpha1
+kind: TrafficPolicy
+metadata: {name: details-v9, namespace: bookinfo}
+spec:
+  destination: {multiclusterService: details}
+  http:
+    - name: v9-only
+      match: [{headers: {x-v9: {exact: "1"}}}]
+      route: [{cluster: us-east-1, subset: v9, weight: 100}]
+    - name: default
+      route: [{cluster: eu-west-1, weight: 50}, {cluster: ap-south-1, weight: 50}]
+---
+apiVersion: meshfleet.io/v1alpha1
+kind: FailoverPolicy
+metadata: {name: reviews-zz-second, namespace: bookinfo}
+spec:
+  destination: {multiclusterService: reviews}
+---
+apiVersion: meshfleet.io/v1alpha1
+kind: AccessPolicy
+metadata: {name: details-from-us-only, namespace: bookinfo}
+spec:
+  destination: {multiclusterService: details}
+  from: [{clusters: [us-east-1], namespaces: [bookinfo]}]
+"""
+GOLDEN_CASES = {
+    # the demo's policy files: spec.route splits on plain Services, one TCP-only
+    "three-regions": (sorted((EXAMPLES / "policies").glob("*.yaml")), MONGO_POLICY),
+    # the bookinfo example of every kind: MulticlusterServices selected by label, HTTP rules with subsets,
+    # faults, mirroring, failover, access rules, a conflict and an unenforceable policy resolved in status
+    "bookinfo-all-kinds": (EXAMPLE_RESOURCES, ""),
+    "bookinfo-conflicts": (EXAMPLE_RESOURCES, CONFLICTS),
+}
+
+
+@pytest.mark.parametrize("case", list(GOLDEN_CASES))
+def test_render_matches_golden_files(case: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """Per-cluster rendered YAML (and the problems reported) of each case; regenerate with --update-golden."""
+    from meshfleet.offline import render_cluster
+
+    files, extra = GOLDEN_CASES[case]
+    golden_dir = Path(__file__).parent / "golden" / case
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    for f in files:
+        shutil.copy(f, policies / f.name)
+    if extra:
+        (policies / "extra.yaml").write_text(extra)
+    outputs: dict[str, str] = {}
+    problems: set[str] = set()
+    for cluster in CLUSTERS:
+        objs, found = render_cluster(policies, EXAMPLES / "inventories", EXAMPLES / "clusters.yaml", cluster)
+        outputs[f"{cluster}.yaml"] = yaml.safe_dump_all(objs, sort_keys=False)
+        problems.update(found)
+    outputs["problems.txt"] = "".join(f"{p}\n" for p in sorted(problems))
+    for name, text in outputs.items():
+        path = golden_dir / name
         if request.config.getoption("--update-golden"):
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
         assert path.exists(), f"missing golden file {path}; run pytest --update-golden"
-        assert text == path.read_text(), f"{cluster} differs from {path}; review and run pytest --update-golden"
+        assert text == path.read_text(), f"{name} differs from {path}; review and run pytest --update-golden"
