@@ -217,8 +217,10 @@ async def _demo(args: argparse.Namespace, workdir: Path) -> int:
 
 def run_demo(args: argparse.Namespace) -> int:
     if not args.verbose:
-        for name in ("mgmt", "agent"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+        logging.getLogger("agent").setLevel(logging.WARNING)
+        # the hub's policy problems are printed once the fleet converged; before agents report, every
+        # Service looks missing, and those passing warnings would only be noise here
+        logging.getLogger("mgmt").setLevel(logging.ERROR)
         logging.getLogger("grpc._cython.cygrpc").setLevel(logging.ERROR)  # "Aborting method ... server stop"
     temporary = args.workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="meshfleet-demo-")) if temporary else args.workdir

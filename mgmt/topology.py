@@ -74,6 +74,7 @@ class Base:
     selected: dict[ClusterSelector, tuple[str, ...]] = field(default_factory=dict)
     reporting: dict[tuple[str, str], list[str]] = field(default_factory=dict)  # (ns, Service) -> clusters
     exporting: dict[tuple[str, str], list[GlobalService]] = field(default_factory=dict)  # (ns, Service) -> MCSs
+    hosts: dict[str, GlobalService] = field(default_factory=dict)  # host -> the MulticlusterService holding it
     received_by: dict[str, set[ServiceKey]] = field(default_factory=dict)
     served_by: dict[str, set[ServiceKey]] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
@@ -191,7 +192,7 @@ def _by_cluster(per_service: Mapping[ServiceKey, frozenset[str]]) -> dict[str, s
 
 def _add_multicluster_services(snapshot: Snapshot, base: Base, services: Iterable[MulticlusterService]) -> None:
     g = base.graph
-    hosts: dict[str, GlobalService] = {}
+    hosts = base.hosts
     for mcs in sorted(services, key=age):
         m = mcs.meta
         key = (m.namespace, m.name)
@@ -255,6 +256,13 @@ def _resolve(snapshot: Snapshot, topo: Topology, policy: Resource) -> ServiceKey
         topo.problems.append(Problem(m.key, f"the name {dest.service} is taken by MulticlusterService "
                                             f"{m.namespace}/{dest.service}, which exports Service "
                                             f"{existing.service}; name it as destination.multiclusterService"))
+        return None
+    host = f"{dest.service}.{m.namespace}.global"
+    holder = topo.base.hosts.get(host)
+    if holder is not None:
+        topo.problems.append(Problem(m.key, f"the host {host} of Service {m.namespace}/{dest.service} is held by "
+                                            f"{holder.origin}; route it through a MulticlusterService"))
+        topo.refused.add(m.key)
         return None
     reporting = tuple(topo.base.reporting.get((m.namespace, dest.service), ()))
     if not reporting:

@@ -152,9 +152,8 @@ def _served(snapshot: Snapshot, topo: Topology, cluster: str, key: ServiceKey) -
         report = snapshot.discovery[cluster]
         found = report.services[(gs.namespace, gs.service)]
         own = (Backend(snapshot.clusters[cluster], report.gateway_address, report.gateway_port, found.subsets),)
-        failover = _failover(topo, key)
-        memo[entry] = ServiceIntent(gs.namespace, gs.name, _ports(snapshot, gs, own), own, gs.host,
-                                    gs.service, failover.outlier if failover else None)
+        # no client here: failover settings (outlier detection) act on the calling side only
+        memo[entry] = ServiceIntent(gs.namespace, gs.name, _ports(snapshot, gs, own), own, gs.host, gs.service)
     served: ServiceIntent = memo[entry]
     return served
 
@@ -292,6 +291,12 @@ def translate(snapshot: Snapshot, cluster: str) -> Translation:
             for p in mine:
                 problems.append(Problem(p.meta.key, f"no cluster offers a reachable backend of {gs.namespace}/"
                                                     f"{gs.service}; nothing to route to"))
+            unreachable = f"no backend of {gs.namespace}/{gs.service} is reachable from {cluster} (none has an " \
+                          "east-west gateway address, or none reports the Service); nothing sent there"
+            if gs.origin:
+                problems.append(Problem(gs.origin, unreachable))
+            if (failover := _failover(topo, key)) is not None:
+                problems.append(Problem(failover.meta.key, unreachable))
             continue
         problems.extend(Problem(p.meta.key, m) for p in mine for m in _catalog(snapshot, topo, key)[2])
         route: TrafficRoute | None = None
@@ -308,13 +313,17 @@ def translate(snapshot: Snapshot, cluster: str) -> Translation:
                 winner = policy
                 traffic.append(route)
                 applied.add(policy.meta.key)
+        failover = _failover(topo, key)
         if gs.origin or route is not None:
             # an implicit service travels only with its route: alone it would spread traffic the policy excludes
             services[key] = service
             if gs.origin:
                 applied.add(gs.origin)
-            if (failover := _failover(topo, key)) is not None:
+            if failover is not None:
                 applied.add(failover.meta.key)
+        elif failover is not None:
+            problems.append(Problem(failover.meta.key, f"no TrafficPolicy route for {gs.namespace}/{gs.service} "
+                                                       f"applies in {cluster}, so the service is not sent there"))
     access: list[AccessRule] = []
     mtls: list[MtlsRule] = []
     for key in sorted(topo.served_by.get(cluster, ())):
