@@ -104,8 +104,9 @@ def policy_status(previous: Mapping[str, Any] | None, generation: int, errors: S
     else:
         ready = _condition(old_conditions, "Ready", True, "Applied", f"applied in {len(states)} cluster(s)",
                            generation, now)
-    clusters = [{"cluster": s.cluster, "state": s.state, "message": s.message, "observedVersion": s.observed_version}
-                for s in states]
+    # a cluster that has no version of it yet has no observedVersion (the schema wants a hex digest there)
+    clusters = [{"cluster": s.cluster, "state": s.state, "message": s.message,
+                 **({"observedVersion": s.observed_version} if s.observed_version else {})} for s in states]
     return {"observedGeneration": generation, "conditions": [accepted, refs, ready], "clusters": clusters}
 
 

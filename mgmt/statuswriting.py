@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -82,7 +83,16 @@ class PolicyStatusWriter:
                     {"status": status}, _content_type="application/merge-patch+json")
             except ApiException as exc:
                 if exc.status != 404:  # deleted meanwhile: nothing to report on
-                    log.warning("status of %s %s/%s not written: %s %s", kind, ns, name, exc.status, exc.reason)
+                    log.warning("status of %s %s/%s not written: %s %s: %s", kind, ns, name, exc.status, exc.reason,
+                                _message(exc))
                 continue
             self._written[(kind, ns, name)] = (status, live_rv)
             self.writes += 1
+
+
+def _message(exc: ApiException) -> str:
+    """The API server's own explanation (a Status object's message), else the raw body."""
+    try:
+        return str(json.loads(exc.body or "{}").get("message") or exc.body or "")
+    except (ValueError, AttributeError):
+        return str(exc.body or "")

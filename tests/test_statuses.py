@@ -91,3 +91,27 @@ def test_a_resource_digest_ignores_where_and_when_it_was_read_but_not_its_conten
     assert resource_digest(a) == resource_digest(moved)
     assert resource_digest(a) != resource_digest(policy(a.meta, 70))
     assert resource_digest(a) != resource_digest(policy(Meta("TrafficPolicy", "bookinfo", "other"), 80))
+
+
+def test_every_status_body_the_hub_writes_is_valid_for_every_policy_crd() -> None:
+    """The API server refuses a status patch its schema refuses: what the writer sends must pass all of them."""
+    from pathlib import Path
+
+    import yaml
+
+    from meshfleet.crdschemas import CRDSchemas
+
+    crds = Path(__file__).resolve().parents[1] / "crds"
+    documents = (d for p in sorted(crds.glob("*.yaml")) for d in yaml.safe_load_all(p.read_text()))
+    schemas = CRDSchemas.from_documents(documents)
+    states = [ClusterState("us-east-1", "Applied", "", "0123abcd"), ClusterState("eu-west-1", "Accepted", "", ""),
+              ClusterState("ap-south-1", "Rejected", "older policy wins", "")]
+    bodies = [policy_status(None, 2, [], states, "2026-11-21T00:00:00Z", ["a selector matches nothing"]),
+              policy_status(None, 2, ["spec.route: weights add up to 90, not 100"], [], "2026-11-21T00:00:00Z"),
+              policy_status(None, 0, [], [], "2026-11-21T00:00:00Z")]
+    for kind in ("MulticlusterService", "TrafficPolicy", "FailoverPolicy", "AccessPolicy"):
+        for body in bodies:
+            obj = {"apiVersion": "meshfleet.io/v1alpha1", "kind": kind,
+                   "metadata": {"name": "x", "namespace": "bookinfo"}, "status": body}
+            errors = [str(e) for e in schemas.validate(obj) if str(e).startswith("status")]
+            assert errors == [], (kind, errors)
