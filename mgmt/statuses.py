@@ -93,8 +93,10 @@ def policy_status(previous: Mapping[str, Any] | None, generation: int, errors: S
     accepted = _condition(old_conditions, "Accepted", True, "Translated", "", generation, now)
     refs = _condition(old_conditions, "ResolvedRefs", not problems, "Problems" if problems else "Resolved",
                       "; ".join(problems), generation, now)
-    if not states and problems:
-        ready = _condition(old_conditions, "Ready", False, "NotApplied", "; ".join(problems), generation, now)
+    if not states:
+        # nothing Applied anywhere is not "ready", whether a problem says why or the resource selects nothing
+        ready = _condition(old_conditions, "Ready", False, "NotApplied",
+                           "; ".join(problems) or "it concerns no cluster", generation, now)
     elif rejected:
         ready = _condition(old_conditions, "Ready", False, "Rejected",
                            "; ".join(f"{s.cluster}: {s.message}" for s in rejected), generation, now)

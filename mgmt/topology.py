@@ -314,6 +314,11 @@ def _check_policies(snapshot: Snapshot, topo: Topology) -> None:
             topo.problems.append(Problem(loser.meta.key, f"{failovers[0].meta.ref} (older) already sets failover "
                                                          f"for {key[0]}/{key[1]}; this policy is not applied"))
             topo.refused.add(loser.meta.key)
+        if failovers and not topo.receivers.get(key):
+            service = topo.services[key]
+            topo.problems.append(Problem(failovers[0].meta.key, (
+                f"no cluster calls {service.namespace}/{service.service} through the mesh (no MulticlusterService "
+                "exports it to a cluster and no TrafficPolicy routes it), so there is nothing to fail over")))
         for policy in failovers:
             assert isinstance(policy, FailoverPolicy)
             unknown = [c for c in policy.priority if c not in snapshot.clusters]

@@ -32,7 +32,7 @@ from meshfleet.intents import (
     TrafficRoute,
     WeightedTarget,
 )
-from mgmt.model import AccessPolicy, FailoverPolicy, Snapshot, TrafficPolicy
+from mgmt.model import AccessPolicy, FailoverPolicy, Snapshot, TrafficPolicy, age
 from mgmt.topology import GlobalService, Problem, ServiceKey, Topology, topology
 
 HTTP_PROTOCOLS = frozenset({"HTTP", "HTTP2", "GRPC"})
@@ -161,7 +161,9 @@ def _served(snapshot: Snapshot, topo: Topology, cluster: str, key: ServiceKey) -
 def _route(snapshot: Snapshot, policy: TrafficPolicy, service: ServiceIntent) -> tuple[TrafficRoute | None, list[str]]:
     """A policy's rules over the backends `service` offers; unreachable targets' weight goes to the others."""
     available = {b.cluster.name: {s.name for s in b.subsets} for b in service.backends}
-    memo, entry = _scoped(snapshot, ("policy", policy.meta.key)), frozenset(available)
+    # the subsets are part of the key: the same clusters with other versions route differently
+    memo = _scoped(snapshot, ("policy", policy.meta.key))
+    entry = frozenset((c, frozenset(subsets)) for c, subsets in available.items())
     if entry in memo:
         cached: tuple[TrafficRoute | None, list[str]] = memo[entry]
         return cached
@@ -173,15 +175,15 @@ def _route(snapshot: Snapshot, policy: TrafficPolicy, service: ServiceIntent) ->
         memo[entry] = (None, problems)
         return None, problems
 
-    def usable(cluster: str, subset: str, what: str) -> bool:
+    def usable(cluster: str, subset: str, what: str, otherwise: str = "its weight goes to the others") -> bool:
         if cluster not in snapshot.clusters:
             problems.append(f"{what} names unknown cluster {cluster!r}")
         elif cluster not in available:
             problems.append(f"{what}: cluster {cluster} has no reachable backend of {service.namespace}/"
-                            f"{service.service}; its weight goes to the others")
+                            f"{service.service}; {otherwise}")
         elif subset and subset not in available[cluster]:
             problems.append(f"{what}: cluster {cluster} reports no subset {subset!r} of {service.namespace}/"
-                            f"{service.service}; its weight goes to the others")
+                            f"{service.service}; {otherwise}")
         else:
             return True
         return False
@@ -200,10 +202,14 @@ def _route(snapshot: Snapshot, policy: TrafficPolicy, service: ServiceIntent) ->
             problems.append(f"{where}: no route target is reachable; requests it matches go to the next rule")
             continue
         mirror: Mirror | None = rule.mirror
-        if mirror is not None and not usable(mirror.cluster, mirror.subset, f"{where} mirror"):
-            problems[-1] = problems[-1].replace("its weight goes to the others", "nothing is mirrored")
+        if mirror is not None and not usable(mirror.cluster, mirror.subset, f"{where} mirror", "nothing is mirrored"):
             mirror = None
         rules.append(RouteRule(rule.name, targets, rule.matches, rule.timeout, rule.retries, rule.fault, mirror))
+    if not rules:
+        # every rule matches a subset of requests and none has a target left: nothing to route by
+        problems.append("no rule has a reachable target; the policy is not applied")
+        memo[entry] = (None, problems)
+        return None, problems
     route = TrafficRoute(f"{policy.meta.namespace}/{policy.meta.name}", service.namespace, service.name,
                          tuple(rules))
     memo[entry] = (route, problems)
@@ -225,13 +231,16 @@ def _sources(policy: AccessPolicy) -> tuple[AccessSource, ...]:
     return tuple(out)
 
 
+Guarded = tuple[AccessPolicy, tuple[tuple[str, str], ...]]  # a policy and the pods it guards in one cluster
+
+
 def _access(snapshot: Snapshot, topo: Topology, cluster: str, key: ServiceKey | None
-            ) -> tuple[list[AccessRule], list[MtlsRule], list[Problem], set[str]]:
-    """Access and mTLS rules guarding `key` in `cluster` (namespace-wide policies when key is None)."""
+            ) -> tuple[list[AccessRule], list[Guarded], list[Problem], set[str]]:
+    """Access rules guarding `key` in `cluster` (namespace-wide policies when key is None), and what each guards."""
     memo = _scoped(snapshot, ("acl", key) if key is not None else ("namespace-wide",))
     if cluster not in memo:
         rules: list[AccessRule] = []
-        mtls: list[MtlsRule] = []
+        guarded: list[Guarded] = []
         problems: list[Problem] = []
         applied: set[str] = set()
         if key is None:
@@ -241,7 +250,6 @@ def _access(snapshot: Snapshot, topo: Topology, cluster: str, key: ServiceKey | 
             gs = topo.services[key]
             policies = [p for p in topo.policies(key, "AccessPolicy") if isinstance(p, AccessPolicy)]
             selector = snapshot.discovery[cluster].services[(gs.namespace, gs.service)].selector
-        modes: dict[tuple[str, tuple[tuple[str, str], ...]], AccessPolicy] = {}
         for policy in policies:
             m = policy.meta
             if m.key in topo.refused:
@@ -253,17 +261,28 @@ def _access(snapshot: Snapshot, topo: Topology, cluster: str, key: ServiceKey | 
             rules.append(AccessRule(f"{m.namespace}/{m.name}", m.namespace, policy.action, selector,
                                     _sources(policy), tuple(policy.operations)))
             applied.add(m.key)
-            older = modes.get((m.namespace, selector))
-            if older is None:
-                modes[(m.namespace, selector)] = policy
-                mtls.append(MtlsRule(f"{m.namespace}/{m.name}", m.namespace, policy.mtls, selector))
-            elif older.mtls != policy.mtls:
-                problems.append(Problem(m.key, f"mtls {policy.mtls} conflicts with {older.meta.ref} (older, mtls "
-                                               f"{older.mtls}) for the same workloads in {cluster}; its access "
-                                               "rules apply, its mtls mode does not"))
-        memo[cluster] = (rules, mtls, problems, applied)
-    result: tuple[list[AccessRule], list[MtlsRule], list[Problem], set[str]] = memo[cluster]
+            guarded.append((policy, selector))
+        memo[cluster] = (rules, guarded, problems, applied)
+    result: tuple[list[AccessRule], list[Guarded], list[Problem], set[str]] = memo[cluster]
     return result
+
+
+def _mtls(guarded: list[Guarded], cluster: str) -> tuple[list[MtlsRule], list[Problem]]:
+    """One mode per set of pods in the cluster, whichever Services select them: the oldest policy's."""
+    rules: list[MtlsRule] = []
+    problems: list[Problem] = []
+    owners: dict[tuple[str, tuple[tuple[str, str], ...]], AccessPolicy] = {}
+    for policy, selector in sorted(guarded, key=lambda g: (age(g[0]), g[1])):
+        m = policy.meta
+        older = owners.get((m.namespace, selector))
+        if older is None:
+            owners[(m.namespace, selector)] = policy
+            rules.append(MtlsRule(f"{m.namespace}/{m.name}", m.namespace, policy.mtls, selector))
+        elif older.mtls != policy.mtls:
+            problems.append(Problem(m.key, f"mtls {policy.mtls} conflicts with {older.meta.ref} (older, mtls "
+                                           f"{older.mtls}) for the same workloads in {cluster}; its access "
+                                           "rules apply, its mtls mode does not"))
+    return rules, problems
 
 
 def translate(snapshot: Snapshot, cluster: str) -> Translation:
@@ -325,7 +344,7 @@ def translate(snapshot: Snapshot, cluster: str) -> Translation:
             problems.append(Problem(failover.meta.key, f"no TrafficPolicy route for {gs.namespace}/{gs.service} "
                                                        f"applies in {cluster}, so the service is not sent there"))
     access: list[AccessRule] = []
-    mtls: list[MtlsRule] = []
+    guarded: list[Guarded] = []
     for key in sorted(topo.served_by.get(cluster, ())):
         reads.update((("svc", key), ("acl", key)))
         gs = topo.services[key]
@@ -333,16 +352,18 @@ def translate(snapshot: Snapshot, cluster: str) -> Translation:
             services[key] = _served(snapshot, topo, cluster, key)
             if gs.origin:
                 applied.add(gs.origin)
-        rules, modes, found, done = _access(snapshot, topo, cluster, key)
+        rules, guards, found, done = _access(snapshot, topo, cluster, key)
         access.extend(rules)
-        mtls.extend(modes)
+        guarded.extend(guards)
         problems.extend(found)
         applied |= done
-    rules, modes, found, done = _access(snapshot, topo, cluster, None)
+    rules, guards, found, done = _access(snapshot, topo, cluster, None)
     access.extend(rules)
-    mtls.extend(modes)
+    guarded.extend(guards)
     problems.extend(found)
     applied |= done
+    mtls, found = _mtls(guarded, cluster)
+    problems.extend(found)
     intent = ClusterIntent(
         cluster=snapshot.clusters[cluster],
         services=tuple(services[k] for k in sorted(services)),

@@ -115,3 +115,8 @@ def test_every_status_body_the_hub_writes_is_valid_for_every_policy_crd() -> Non
                    "metadata": {"name": "x", "namespace": "bookinfo"}, "status": body}
             errors = [str(e) for e in schemas.validate(obj) if str(e).startswith("status")]
             assert errors == [], (kind, errors)
+
+
+def test_a_valid_resource_that_concerns_no_cluster_is_not_ready() -> None:
+    ready = {c["type"]: c for c in policy_status(None, 1, [], [], "t0")["conditions"]}["Ready"]
+    assert (ready["status"], ready["reason"], ready["message"]) == ("False", "NotApplied", "it concerns no cluster")

@@ -144,6 +144,8 @@ REVIEWS_GLOBAL = mcs("reviews-global", clusters(US, EU), svc="reviews")
                              "this policy is not applied"}, id="two-failover-policies"),
     pytest.param((REVIEWS_GLOBAL, failover("f", to_mcs("reviews-global"), priority=(EU, "mars-1", US))),
                  {FP + "f": "priority.clusters names unknown cluster(s) mars-1"}, id="failover-priority-unknown"),
+    pytest.param((failover("f", Destination(service="reviews")),),
+                 {FP + "f": "no cluster calls bookinfo/reviews through the mesh"}, id="failover-on-what-nobody-calls"),
     pytest.param((access("a", Destination(service="reviews"), AccessFrom(clusters=(US, EU))),),
                  {AC + "a": "from[0].clusters leaves out ap-south-1, but every cluster shares one trust domain"},
                  id="access-from-some-clusters"),

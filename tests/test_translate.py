@@ -382,6 +382,13 @@ def http(name: str, *route_targets: tuple[str, int] | tuple[str, int, str], matc
         [(TP + "c", "cluster ap-south-1 has no reachable backend"),
          (TP + "c", "rule default: no route target is reachable; the policy is not applied")],
         id="catch-all-without-reachable-target-not-applied"),
+    pytest.param(
+        rules("c", "reviews", http("jason", (AP, 100, "v1"), matches=JASON)),
+        None,
+        [(TP + "c", "cluster ap-south-1 has no reachable backend"),
+         (TP + "c", "rule jason: no route target is reachable; requests it matches go to the next rule"),
+         (TP + "c", "no rule has a reachable target; the policy is not applied")],
+        id="only-match-rules-none-reachable-not-applied"),
 ])
 def test_http_rules(policy: TrafficPolicy, rule_list: tuple[RouteRule, ...] | None,
                     problems: list[tuple[str, str]]) -> None:
@@ -565,8 +572,6 @@ def test_two_access_policies_with_different_mtls_the_older_mode_wins() -> None:
         "in us-east-1; its access rules apply, its mtls mode does not"))])
 
 
-@pytest.mark.xfail(strict=True, reason="reported: the mtls conflict is looked for per Service only, so two Services "
-                                       "selecting the same pods get two PeerAuthentications of opposite modes")
 def test_mtls_conflict_between_services_selecting_the_same_pods_is_reported() -> None:
     discovery = {**DISCOVERY, US: report(US, REVIEWS_US, service("reviews-canary", selector={"app": "reviews"}))}
     snap = snapshot(access("a", to_service("reviews"), created=EARLY),
