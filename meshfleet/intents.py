@@ -20,6 +20,13 @@ PROTOCOL_VERSION = "1.0"
 EAST_WEST_PORT = 15443
 # Istio protocol names a service port may carry (in discovery reports and intents)
 PROTOCOLS = ("HTTP", "HTTP2", "HTTPS", "GRPC", "TCP", "TLS", "MONGO", "REDIS", "MYSQL", "UDP")
+# those Istio routes with `http` rules (matches, retries, timeouts, faults, mirroring)
+HTTP_PROTOCOLS = frozenset({"HTTP", "HTTP2", "GRPC"})
+
+
+def global_host(namespace: str, name: str) -> str:
+    """The default mesh-wide host of a service: `<name>.<namespace>.global`."""
+    return f"{name}.{namespace}.global"
 
 
 class IntentError(ValueError):
@@ -94,7 +101,7 @@ class ServiceIntent:
 
     def __post_init__(self) -> None:
         if not self.host:
-            object.__setattr__(self, "host", f"{self.name}.{self.namespace}.global")
+            object.__setattr__(self, "host", global_host(self.namespace, self.name))
         if not self.service:
             object.__setattr__(self, "service", self.name)
 

@@ -48,6 +48,7 @@ from meshfleet.names import address_error, dns1123_label_error, labels_error, to
 from mgmt.kubewatching import GROUP, VERSION, ResourceWatch, WatchSettings
 from mgmt.model import Discovery
 from mgmt.registry import ORIGIN_CLI, ORIGIN_MESHCLUSTER, ClusterRecord, ClusterStatus, Registry, RegistryError
+from mgmt.statuses import condition
 
 log = logging.getLogger(__name__)
 
@@ -348,16 +349,6 @@ class ClusterView:
     """East-west gateway (address, port) from the agent's last discovery report."""
 
 
-def _condition(previous: Iterable[Mapping[str, Any]], type_: str, ok: bool, reason: str, message: str,
-               generation: int, now: str) -> dict[str, Any]:
-    """A condition; its lastTransitionTime moves only when its status does."""
-    status = "True" if ok else "False"
-    old = next((c for c in previous if c.get("type") == type_), None)
-    since = old["lastTransitionTime"] if old and old.get("status") == status and old.get("lastTransitionTime") else now
-    return {"type": type_, "status": status, "reason": reason, "message": message[:32768],
-            "observedGeneration": generation, "lastTransitionTime": since}
-
-
 _CONNECTION_MESSAGES = {
     "Connected": "the agent's stream is open",
     "Pending": "the agent has not connected yet",
@@ -432,7 +423,7 @@ def meshcluster_status(previous: Mapping[str, Any] | None, generation: int, name
         checks.append(("InSync", False, "Pending", f"waiting for the agent to apply {desired[:12]}{has}"))
     failing = next((c for c in checks if not c[1]), None)
     checks.append(("Ready", True, "Ready", "") if failing is None else ("Ready", False, failing[2], failing[3]))
-    out["conditions"] = [_condition(old, t, ok, reason, message, generation, stamp)
+    out["conditions"] = [condition(old, t, ok, reason, message, generation, stamp)
                          for t, ok, reason, message in checks]
     return out
 

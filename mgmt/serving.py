@@ -116,6 +116,7 @@ class Hub(hub_pb2_grpc.HubServicer):
         self._encoder_kept = 0
         self._digests: dict[str, tuple[Resource, str]] = {}
         self.translations = 0  # clusters translated since start (the benchmark reads it)
+        self.status_epoch = 0  # moves whenever anything a resource status is computed from may have changed
         self.included: dict[str, dict[str, dict[str, str]]] = {}
         self.sessions: dict[str, Session] = {}
         self._deadlines: dict[str, asyncio.TimerHandle] = {}
@@ -184,7 +185,7 @@ class Hub(hub_pb2_grpc.HubServicer):
             if st.connection in ("Connected", "Disconnected"):
                 st.connection = "Disconnected"
                 self._arm_deadline(st.cluster, _now())
-        self._dirty_status = True
+        self._status_changed()
 
     def refresh_clusters(self) -> bool:
         """Mirror the registry; True if the topology changed. Streams of revoked certificates end here."""
@@ -254,7 +255,7 @@ class Hub(hub_pb2_grpc.HubServicer):
             if current is None or current.version != version:
                 self.intents[name] = Intent(version, content)
                 self.statuses[name].desired_version = version
-                self._dirty_status = True
+                self._status_changed()
                 if name in self.sessions:
                     self.sessions[name].wake.set()
         if self._encoder.size() > 2 * self._encoder_kept + 1024:
@@ -263,6 +264,7 @@ class Hub(hub_pb2_grpc.HubServicer):
             self._encoder_kept = self._encoder.size()
         self._digests = {k: v for k, v in self._digests.items() if k in digests}
         self._last_snapshot = snapshot
+        self.status_epoch += 1
         whole = resource_problems(snapshot)
         self.resource_problems = {}
         for p in whole:
@@ -273,6 +275,11 @@ class Hub(hub_pb2_grpc.HubServicer):
                 log.warning("%s: %s", p.policy, p.message)
             self.problems = new
             self._save_problems()
+
+    def _status_changed(self) -> None:
+        """Per-cluster facts moved: persist them soon, and let status writers know (`status_epoch`)."""
+        self._dirty_status = True
+        self.status_epoch += 1
 
     @property
     def concerned(self) -> Mapping[str, tuple[str, ...]]:
@@ -368,7 +375,7 @@ class Hub(hub_pb2_grpc.HubServicer):
         if st.connection != "Connected" and cluster in self.sessions:
             log.info("cluster %s is Connected", cluster)
             st.connection = "Connected"
-        self._dirty_status = True
+        self._dirty_status = True  # liveness alone: no resource status depends on it (status_epoch stays)
         self._arm_deadline(cluster, now)
 
     def _arm_deadline(self, cluster: str, last_seen: float) -> None:
@@ -489,6 +496,7 @@ class Hub(hub_pb2_grpc.HubServicer):
         st.agent_version = hello.agent_version
         if hello.applied_version:
             st.acked_version = hello.applied_version
+            self._status_changed()
         log.info("cluster %s connected (agent %s, applied %s)", cluster, hello.agent_version,
                  hello.applied_version[:12] or "nothing")
         self._seen(cluster)
@@ -539,12 +547,14 @@ class Hub(hub_pb2_grpc.HubServicer):
             st.acked_version = msg.ack.version
             if st.nack_version and st.nack_version == msg.ack.version:
                 st.nack_version, st.nack_error = "", ""
+            self._status_changed()
         elif kind == "nack":
             session.in_flight = ""
             session.nacks += 1
             delay = min(self.settings.nack_backoff_base * 2 ** (session.nacks - 1), self.settings.nack_backoff_max)
             session.retry_at = time.monotonic() + delay
             st.nack_version, st.nack_error, st.nack_at = msg.nack.version, msg.nack.error, _now()
+            self._status_changed()
             log.error("cluster %s NACKed %s: %s (retry in %.1f s)", cluster, msg.nack.version[:12],
                       msg.nack.error, delay)
         elif kind == "discovery":

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,7 +67,7 @@ def cluster_states(key: str, digest: str, concerned: Sequence[str],
     return states
 
 
-def _condition(previous: Sequence[Mapping[str, Any]], type_: str, ok: bool, reason: str, message: str,
+def condition(previous: Iterable[Mapping[str, Any]], type_: str, ok: bool, reason: str, message: str,
                generation: int, now: str) -> dict[str, Any]:
     """A condition; its lastTransitionTime moves only when its status does."""
     status = "True" if ok else "False"
@@ -82,29 +82,29 @@ def policy_status(previous: Mapping[str, Any] | None, generation: int, errors: S
     """The status body of a resource: conditions plus clusters[]; `problems` are of the resource as a whole."""
     old_conditions = list((previous or {}).get("conditions") or [])
     if errors:
-        accepted = _condition(old_conditions, "Accepted", False, "Invalid", "; ".join(errors), generation, now)
-        refs = _condition(old_conditions, "ResolvedRefs", False, "Invalid", "the resource is not valid", generation,
+        accepted = condition(old_conditions, "Accepted", False, "Invalid", "; ".join(errors), generation, now)
+        refs = condition(old_conditions, "ResolvedRefs", False, "Invalid", "the resource is not valid", generation,
                           now)
-        ready = _condition(old_conditions, "Ready", False, "Invalid", "the resource is not translated", generation,
+        ready = condition(old_conditions, "Ready", False, "Invalid", "the resource is not translated", generation,
                            now)
         return {"observedGeneration": generation, "conditions": [accepted, refs, ready], "clusters": []}
     rejected = [s for s in states if s.state == "Rejected"]
     pending = [s for s in states if s.state == "Accepted"]
-    accepted = _condition(old_conditions, "Accepted", True, "Translated", "", generation, now)
-    refs = _condition(old_conditions, "ResolvedRefs", not problems, "Problems" if problems else "Resolved",
+    accepted = condition(old_conditions, "Accepted", True, "Translated", "", generation, now)
+    refs = condition(old_conditions, "ResolvedRefs", not problems, "Problems" if problems else "Resolved",
                       "; ".join(problems), generation, now)
     if not states:
         # nothing Applied anywhere is not "ready", whether a problem says why or the resource selects nothing
-        ready = _condition(old_conditions, "Ready", False, "NotApplied",
+        ready = condition(old_conditions, "Ready", False, "NotApplied",
                            "; ".join(problems) or "it concerns no cluster", generation, now)
     elif rejected:
-        ready = _condition(old_conditions, "Ready", False, "Rejected",
+        ready = condition(old_conditions, "Ready", False, "Rejected",
                            "; ".join(f"{s.cluster}: {s.message}" for s in rejected), generation, now)
     elif pending:
-        ready = _condition(old_conditions, "Ready", False, "Pending",
+        ready = condition(old_conditions, "Ready", False, "Pending",
                            f"waiting for {', '.join(s.cluster for s in pending)}", generation, now)
     else:
-        ready = _condition(old_conditions, "Ready", True, "Applied", f"applied in {len(states)} cluster(s)",
+        ready = condition(old_conditions, "Ready", True, "Applied", f"applied in {len(states)} cluster(s)",
                            generation, now)
     # a cluster that has no version of it yet has no observedVersion (the schema wants a hex digest there)
     clusters = [{"cluster": s.cluster, "state": s.state, "message": s.message,

@@ -38,7 +38,9 @@ class PolicyStatusWriter:
         self.now = now
         # (status written, resourceVersion it was written over): skip rewriting until the watch catches up
         self._written: dict[tuple[str, str, str], tuple[dict[str, Any], str]] = {}
+        self._settled: Any = None  # what the last round that wrote every status it had to was computed from
         self.writes = 0
+        self.rounds = 0  # rounds that computed statuses (not skipped)
 
     async def run(self) -> None:
         while True:
@@ -48,7 +50,8 @@ class PolicyStatusWriter:
             except Exception:  # a failed round must not end the writer; the next one retries
                 log.exception("writing policy status failed")
 
-    def desired(self) -> dict[tuple[str, str, str], tuple[dict[str, Any], dict[str, Any]]]:
+    def desired(self, objects: dict[tuple[str, str, str], dict[str, Any]] | None = None
+                ) -> dict[tuple[str, str, str], tuple[dict[str, Any], dict[str, Any]]]:
         """(live object, desired status) of every watched resource by (kind, namespace, name)."""
         resources = {r.meta.key: r for r in self.source.resources.all()}
         errors: dict[str, list[str]] = {}
@@ -57,7 +60,7 @@ class PolicyStatusWriter:
             errors.setdefault(f"{kind}/{where}", []).append(e.message)
         facts, now = self.hub.facts(), self.now()
         out = {}
-        for (kind, ns, name), obj in self.source.objects().items():
+        for (kind, ns, name), obj in (self.source.objects() if objects is None else objects).items():
             key = f"{kind}/{ns}/{name}"
             generation = int(obj["metadata"].get("generation") or 0)
             resource = resources.get(key)
@@ -70,7 +73,17 @@ class PolicyStatusWriter:
         return out
 
     async def flush(self) -> None:
-        for (kind, ns, name), (obj, status) in self.desired().items():
+        objects = self.source.objects()
+        # statuses depend on the hub's facts (status_epoch moves with them) and on the live objects: when
+        # neither moved since a round that wrote all it had to, this round would compute the same and write
+        # nothing, so it is skipped (a fleet at rest costs no recomputation of every resource each second)
+        inputs = (self.hub.status_epoch, sorted((k, o["metadata"].get("resourceVersion")) for k, o in objects.items()))
+        if inputs == self._settled:
+            return
+        self.rounds += 1
+        settled = True
+        self._written = {k: v for k, v in self._written.items() if k in objects}
+        for (kind, ns, name), (obj, status) in self.desired(objects).items():
             live_rv = obj["metadata"].get("resourceVersion", "")
             written = self._written.get((kind, ns, name))
             if same_status(obj.get("status"), status):
@@ -85,9 +98,11 @@ class PolicyStatusWriter:
                 if exc.status != 404:  # deleted meanwhile: nothing to report on
                     log.warning("status of %s %s/%s not written: %s %s: %s", kind, ns, name, exc.status, exc.reason,
                                 _message(exc))
+                    settled = False
                 continue
             self._written[(kind, ns, name)] = (status, live_rv)
             self.writes += 1
+        self._settled = inputs if settled else None
 
 
 def _message(exc: ApiException) -> str:

@@ -20,10 +20,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import networkx as nx
 
-from meshfleet.intents import Port
+from meshfleet.intents import Port, global_host
 from mgmt.model import (
     AccessPolicy,
     ClusterSelector,
@@ -125,14 +126,23 @@ def _selects(snapshot: Snapshot, selector: ClusterSelector) -> tuple[str, ...]:
     return tuple(n for n in sorted(snapshot.clusters) if selector.selects(n, snapshot.cluster_labels(n)))
 
 
-def _select(snapshot: Snapshot, graph: nx.DiGraph, cache: dict[ClusterSelector, tuple[str, ...]],
-            selector: ClusterSelector) -> tuple[str, ...]:
-    """The clusters a selector selects; a selector seen first adds its node and edges to `graph`."""
-    found = cache.get(selector)
+def _select(snapshot: Snapshot, base: Base, selector: ClusterSelector) -> tuple[str, ...]:
+    """The clusters a selector selects, read off the graph; a selector seen first adds its node and edges.
+
+    Selector nodes live in the service layer's graph even when a policy brings them: what a selector
+    selects depends only on the clusters and their labels, which are the same wherever that layer is reused.
+    """
+    found = base.selected.get(selector)
     if found is None:
-        found = cache[selector] = _selects(snapshot, selector)
-        graph.add_edges_from(((_selector_node(selector), cluster_node(c)) for c in found), relation="selects")
+        node = _selector_node(selector)
+        base.graph.add_node(node)
+        base.graph.add_edges_from(((node, cluster_node(c)) for c in _selects(snapshot, selector)), relation="selects")
+        found = base.selected[selector] = tuple(sorted(c for _, (_, c) in base.graph.out_edges(node)))
     return found
+
+
+def _related(graph: nx.DiGraph, node: tuple[str, ...], relation: str) -> list[Any]:
+    return [v for _, v, r in graph.out_edges(node, data="relation") if r == relation]
 
 
 def _base(snapshot: Snapshot) -> Base:
@@ -156,13 +166,12 @@ def _base(snapshot: Snapshot) -> Base:
 def _overlay(snapshot: Snapshot, base: Base) -> Topology:
     topo = Topology(base, nx.DiGraph(), services=dict(base.services), problems=list(base.problems),
                     receivers=dict(base.receivers), servers=dict(base.servers), refused=set(base.refused))
-    selected = dict(base.selected)
     res = snapshot.resources
     policies: list[Resource] = [*res.traffic, *res.failover, *res.access]
     for policy in sorted(policies, key=age):
         if isinstance(policy, AccessPolicy) and policy.destination.all:
             topo.namespace_wide.append(policy)
-            _select(snapshot, topo.graph, selected, EVERY)
+            _select(snapshot, base, EVERY)
             topo.graph.add_edge(("policy", policy.meta.key), _selector_node(EVERY), relation="applies-in")
             continue
         key = _resolve(snapshot, topo, policy)
@@ -171,7 +180,7 @@ def _overlay(snapshot: Snapshot, base: Base) -> Topology:
         topo.destinations[policy.meta.key] = key
         topo.targeting.setdefault(key, {}).setdefault(policy.meta.kind, []).append(policy)
         topo.graph.add_edge(("policy", policy.meta.key), ("service", *key), relation="targets")
-    _add_clients(snapshot, topo, selected, res.traffic)
+    _add_clients(snapshot, topo, res.traffic)
     # the service layer's indices, shared; an implicit service copies the sets it changes
     topo.received_by, topo.served_by = dict(base.received_by), dict(base.served_by)
     for key in topo.services.keys() - base.services.keys():
@@ -196,14 +205,14 @@ def _add_multicluster_services(snapshot: Snapshot, base: Base, services: Iterabl
     for mcs in sorted(services, key=age):
         m = mcs.meta
         key = (m.namespace, m.name)
-        host = mcs.host or f"{m.name}.{m.namespace}.global"
+        host = mcs.host or global_host(m.namespace, m.name)
         clash = hosts.get(host)
         if clash is not None:
             base.problems.append(Problem(m.key, f"host {host} is already served by {clash.origin} "
                                                 "(older); this MulticlusterService is not applied"))
             base.refused.add(m.key)
             continue
-        selected = _select(snapshot, g, base.selected, mcs.backends)
+        selected = _select(snapshot, base, mcs.backends)
         unknown = [c for c in mcs.backends.clusters or () if c not in snapshot.clusters]
         if unknown:
             base.problems.append(Problem(m.key, f"backends name unknown cluster(s) {', '.join(unknown)}"))
@@ -218,16 +227,19 @@ def _add_multicluster_services(snapshot: Snapshot, base: Base, services: Iterabl
                                                 f"{m.namespace}/{mcs.service}; they do not back it"))
         hosts[host] = base.services[key] = GlobalService(m.namespace, m.name, mcs.service, host, m.key, mcs.ports)
         base.exporting.setdefault((m.namespace, mcs.service), []).append(base.services[key])
-        base.servers[key] = tuple(c for c in selected if c in reporting)
-        g.add_edges_from(((("service", *key), cluster_node(c)) for c in base.servers[key]), relation="served-by")
+        node = ("service", *key)
+        g.add_edges_from(((node, cluster_node(c)) for c in selected if c in reporting), relation="served-by")
         export = mcs.export_to or EVERY
-        base.receivers[key] = frozenset(_select(snapshot, g, base.selected, export))
+        _select(snapshot, base, export)
+        g.add_edge(node, _selector_node(export), relation="exported-to")
+        # scoping is read off the graph: who backs the service, and whom its export selectors select
+        base.servers[key] = tuple(sorted(c[1] for c in _related(g, node, "served-by")))
+        base.receivers[key] = frozenset(c[1] for sel in _related(g, node, "exported-to") for c in g.successors(sel))
         if mcs.export_to is not None and not base.receivers[key]:
             base.problems.append(Problem(m.key, f"exportTo {export.describe()} matches no cluster"))
         unknown = [c for c in export.clusters or () if c not in snapshot.clusters]
         if unknown:
             base.problems.append(Problem(m.key, f"exportTo names unknown cluster(s) {', '.join(unknown)}"))
-        g.add_edge(("service", *key), _selector_node(export), relation="exported-to")
 
 
 def _resolve(snapshot: Snapshot, topo: Topology, policy: Resource) -> ServiceKey | None:
@@ -257,7 +269,7 @@ def _resolve(snapshot: Snapshot, topo: Topology, policy: Resource) -> ServiceKey
                                             f"{m.namespace}/{dest.service}, which exports Service "
                                             f"{existing.service}; name it as destination.multiclusterService"))
         return None
-    host = f"{dest.service}.{m.namespace}.global"
+    host = global_host(m.namespace, dest.service)
     holder = topo.base.hosts.get(host)
     if holder is not None:
         topo.problems.append(Problem(m.key, f"the host {host} of Service {m.namespace}/{dest.service} is held by "
@@ -268,16 +280,14 @@ def _resolve(snapshot: Snapshot, topo: Topology, policy: Resource) -> ServiceKey
     if not reporting:
         topo.problems.append(Problem(m.key, f"no cluster reports Service {m.namespace}/{dest.service}"))
     if existing is None:
-        topo.services[key] = GlobalService(m.namespace, dest.service, dest.service,
-                                           f"{dest.service}.{m.namespace}.global")
+        topo.services[key] = GlobalService(m.namespace, dest.service, dest.service, host)
         topo.servers[key] = reporting
         topo.receivers[key] = frozenset()
         topo.graph.add_edges_from(((("service", *key), cluster_node(c)) for c in reporting), relation="served-by")
     return key
 
 
-def _add_clients(snapshot: Snapshot, topo: Topology, selected: dict[ClusterSelector, tuple[str, ...]],
-                 policies: Iterable[TrafficPolicy]) -> None:
+def _add_clients(snapshot: Snapshot, topo: Topology, policies: Iterable[TrafficPolicy]) -> None:
     """Client clusters of each TrafficPolicy; an implicit service is exported to its policies' clients."""
     for policy in sorted(policies, key=age):
         key = topo.destinations.get(policy.meta.key)
@@ -291,7 +301,7 @@ def _add_clients(snapshot: Snapshot, topo: Topology, selected: dict[ClusterSelec
             unknown = [c for c in policy.clients if c not in snapshot.clusters]
             if unknown:
                 topo.problems.append(Problem(policy.meta.key, f"clients name unknown cluster(s) {', '.join(unknown)}"))
-        clients = set(_select(snapshot, topo.graph, selected, selector))
+        clients = set(_select(snapshot, topo.base, selector))
         topo.graph.add_edge(("policy", policy.meta.key), _selector_node(selector), relation="clients")
         if service.origin:
             exported = topo.receivers[key]

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from meshfleet.intents import (
+    HTTP_PROTOCOLS,
     AccessRule,
     AccessSource,
     Backend,
@@ -34,8 +35,6 @@ from meshfleet.intents import (
 )
 from mgmt.model import AccessPolicy, FailoverPolicy, Snapshot, TrafficPolicy, age
 from mgmt.topology import GlobalService, Problem, ServiceKey, Topology, topology
-
-HTTP_PROTOCOLS = frozenset({"HTTP", "HTTP2", "GRPC"})
 
 __all__ = ["Problem", "Translation", "redistribute", "resource_problems", "translate"]
 

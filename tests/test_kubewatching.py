@@ -340,8 +340,11 @@ def test_status_shows_every_cluster_applied_a_nack_and_an_invalid_resource(
                 # nothing changes any more: several flush rounds write nothing
                 await asyncio.sleep(0.3)  # the write that made Ready True returns to the writer
                 hub_cluster.clear_requests()
+                rounds = writer.rounds
                 await asyncio.sleep(0.6)
                 assert [r for r in hub_cluster.writes() if r.subresource == "status"] == []
+                # and, heartbeats going on, no round even recomputes the statuses
+                assert writer.rounds == rounds
             finally:
                 task.cancel()
                 await asyncio.to_thread(source.stop)

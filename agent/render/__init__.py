@@ -17,10 +17,10 @@ from agent.render import (
     serviceentries,
     virtualservices,
 )
-from agent.render.context import POLICY_ANNOTATION, RenderContext, RenderError, global_host, policy_object_name
+from agent.render.context import POLICY_ANNOTATION, RenderContext, RenderError, policy_object_name
 from meshfleet.intents import ClusterIntent, TrafficRoute
 
-__all__ = ["RenderContext", "RenderError", "global_host", "policy_object_name", "render"]
+__all__ = ["RenderContext", "RenderError", "policy_object_name", "render"]
 
 
 def _routes(intent: ClusterIntent) -> dict[tuple[str, str], TrafficRoute]:

@@ -58,11 +58,6 @@ def global_name(service: ServiceIntent) -> str:
     return f"{service.name}-global"
 
 
-def global_host(namespace: str, name: str) -> str:
-    """The default mesh-wide name of a service: `<name>.<namespace>.global`."""
-    return f"{name}.{namespace}.global"
-
-
 def subset_name(cluster: str, subset: str = "") -> str:
     """DestinationRule subset of one cluster's copy (`<cluster>`) or of one version of it (`<cluster>-<subset>`)."""
     return f"{cluster}-{subset}" if subset else cluster

@@ -13,9 +13,17 @@ from agent.render.context import (
     global_name,
     subset_name,
 )
-from meshfleet.intents import Fault, RequestMatch, Retries, RouteRule, ServiceIntent, StringMatch, TrafficRoute
+from meshfleet.intents import (
+    HTTP_PROTOCOLS,
+    Fault,
+    RequestMatch,
+    Retries,
+    RouteRule,
+    ServiceIntent,
+    StringMatch,
+    TrafficRoute,
+)
 
-HTTP_PROTOCOLS = frozenset({"HTTP", "HTTP2", "GRPC"})
 # Istio routes these by SNI with `tls` routes; `tcp` routes apply only to ports that are neither HTTP nor TLS
 TLS_PROTOCOLS = frozenset({"HTTPS", "TLS"})
 MATCH_KINDS = ("exact", "prefix", "regex")
