@@ -24,9 +24,10 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
-from agent.kubeapi import Rest, api_message
+from agent.kubeapi import Rest
 from agent.render.context import CLUSTER_LABEL, MANAGED_BY, MANAGED_BY_LABEL
 from agent.writing import ApplyResult, SinkError
+from meshfleet.kubeclients import api_message
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,9 @@ from kubernetes.client.exceptions import ApiException
 
 from agent.inventory import Inventory, InventoryError, LocalService
 from agent.inventory import parse as parse_inventory
-from agent.kubeapi import Rest, api_message
+from agent.kubeapi import Rest
 from meshfleet.intents import EAST_WEST_PORT, PROTOCOLS, Port, Subset
+from meshfleet.kubeclients import api_message
 from meshfleet.names import dns1123_label_error, labels_error
 
 SKIPPED_NAMESPACES = frozenset({"kube-system", "kube-public", "kube-node-lease", "istio-system"})

@@ -31,14 +31,6 @@ class RetryPolicy:
     """Cap of one delay (and of a Retry-After the server asks for)."""
 
 
-def api_message(exc: ApiException) -> str:
-    """The API server's own message from a refusal (its Status body), else the HTTP status."""
-    try:
-        return str(json.loads(exc.body or "")["message"])
-    except (TypeError, ValueError, KeyError):
-        return f"HTTP {exc.status}: {exc.reason}"
-
-
 class Rest:
     """Requests by path with the client's configuration (auth, TLS, proxy); callers never see urllib3."""
 

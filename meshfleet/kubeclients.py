@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import kubernetes.config
 from kubernetes.client import ApiClient, Configuration
+from kubernetes.client.exceptions import ApiException
+
+
+def api_message(exc: ApiException) -> str:
+    """The API server's own message from a refusal (its Status body), else the HTTP status."""
+    try:
+        return str(json.loads(exc.body or "")["message"])
+    except (TypeError, ValueError, KeyError):
+        return f"HTTP {exc.status}: {exc.reason}"
 
 
 class KubeConfigError(Exception):

@@ -44,6 +44,7 @@ from typing import Any, Literal, Protocol
 from kubernetes.client import ApiClient, CustomObjectsApi
 from kubernetes.client.exceptions import ApiException
 
+from meshfleet.kubeclients import api_message
 from meshfleet.names import address_error, dns1123_label_error, labels_error, topology_name_error
 from mgmt.kubewatching import GROUP, VERSION, ResourceWatch, WatchSettings
 from mgmt.model import Discovery
@@ -563,7 +564,7 @@ class MeshClusterStatusWriter:
                     {"status": status_patch(live, status)}, _content_type="application/merge-patch+json")
             except ApiException as exc:
                 if exc.status != 404:  # deleted meanwhile: nothing to report on
-                    log.warning("status of MeshCluster %s not written: %s %s", name, exc.status, exc.reason)
+                    log.warning("status of MeshCluster %s not written: %s", name, api_message(exc))
                 continue
             self._written[name] = (status, live_rv)
             self.writes += 1

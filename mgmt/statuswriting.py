@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 from kubernetes.client import ApiClient, CustomObjectsApi
 from kubernetes.client.exceptions import ApiException
 
+from meshfleet.kubeclients import api_message
 from mgmt.kubewatching import GROUP, PLURALS, VERSION, KubePolicySource
 from mgmt.serving import Hub
 from mgmt.statuses import cluster_states, policy_status, same_status
@@ -96,18 +96,10 @@ class PolicyStatusWriter:
                     {"status": status}, _content_type="application/merge-patch+json")
             except ApiException as exc:
                 if exc.status != 404:  # deleted meanwhile: nothing to report on
-                    log.warning("status of %s %s/%s not written: %s %s: %s", kind, ns, name, exc.status, exc.reason,
-                                _message(exc))
+                    log.warning("status of %s %s/%s not written: %s", kind, ns, name, api_message(exc))
                     settled = False
                 continue
             self._written[(kind, ns, name)] = (status, live_rv)
             self.writes += 1
         self._settled = inputs if settled else None
 
-
-def _message(exc: ApiException) -> str:
-    """The API server's own explanation (a Status object's message), else the raw body."""
-    try:
-        return str(json.loads(exc.body or "{}").get("message") or exc.body or "")
-    except (ValueError, AttributeError):
-        return str(exc.body or "")
