@@ -239,10 +239,6 @@ class Hub(hub_pb2_grpc.HubServicer):
         if old is not None:
             changes.carry(old, snapshot, delta)
         targets = changes.affected({} if old is None else self._reads, delta, snapshot)
-        for name in list(self._reads):
-            if name not in snapshot.clusters:
-                self._reads.pop(name, None)
-                self._translated.pop(name, None)
         digests = {r.meta.key: self.digest(r) for r in snapshot.resources.all()}
         for name in sorted(targets):
             result = translate(snapshot, name)
