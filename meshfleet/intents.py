@@ -215,12 +215,35 @@ class MtlsRule:
 
 
 @dataclass(frozen=True)
+class TrustIntent:
+    """The mesh's root of trust as a cluster must hold it in Istio's plug-in CA (`cacerts`)."""
+
+    trust_domain: str
+    roots: tuple[str, ...]
+    """PEM certificates of every root to trust (root-cert.pem), the signing root first."""
+    signer: str
+    """SHA-256 fingerprint of the root the cluster's intermediate must be issued by."""
+    key_algorithm: str = "EC-P256"
+    """Algorithm of the intermediate key the agent generates (meshfleet.pki.ALGORITHMS)."""
+    ttl_seconds: int = 90 * 86400
+    """Lifetime the agent asks for its intermediate (the hub caps it)."""
+    renew_before_percent: int = 20
+    """Renew once this share of the intermediate's life remains (jittered)."""
+    path_length: int = 0
+    """Path length constraint of the intermediate."""
+    restart_istiod: bool = False
+    """Restart istiod after cacerts changed (for Istio versions that do not reload it)."""
+
+
+@dataclass(frozen=True)
 class ClusterIntent:
     cluster: ClusterRef
     services: tuple[ServiceIntent, ...] = ()
     traffic: tuple[TrafficRoute, ...] = ()
     access: tuple[AccessRule, ...] = ()
     mtls: tuple[MtlsRule, ...] = ()
+    trust: TrustIntent | None = None
+    """None: meshfleet manages no CA in this cluster (no TrustPolicy on the hub)."""
 
 
 def canonical_json(obj: Any) -> bytes:
@@ -279,6 +302,7 @@ class Encoder:
             b',"schema":', canonical_json(SCHEMA),
             *listed(b"services", intent.services, _service_json),
             *listed(b"traffic", intent.traffic, _traffic_json),
+            b',"trust":', b"null" if intent.trust is None else self._fragment(intent.trust, _trust_json),
             b"}",
         ])
         return version_of(content), content
@@ -311,7 +335,22 @@ def to_json(intent: ClusterIntent) -> dict[str, Any]:
         "traffic": [_traffic_json(t) for t in intent.traffic],
         "access": [_access_json(a) for a in intent.access],
         "mtls": [_mtls_json(m) for m in intent.mtls],
+        "trust": None if intent.trust is None else _trust_json(intent.trust),
     }
+
+
+def _trust_json(t: TrustIntent) -> dict[str, Any]:
+    return {"trustDomain": t.trust_domain, "roots": list(t.roots), "signer": t.signer,
+            "keyAlgorithm": t.key_algorithm, "ttlSeconds": t.ttl_seconds,
+            "renewBeforePercent": t.renew_before_percent, "pathLength": t.path_length,
+            "restartIstiod": t.restart_istiod}
+
+
+def _trust(r: _Reader) -> TrustIntent:
+    restart = r.get("restartIstiod", bool)
+    return TrustIntent(r.text("trustDomain"), r.texts("roots"), r.text("signer"), r.text("keyAlgorithm"),
+                       r.integer("ttlSeconds"), r.integer("renewBeforePercent"), r.integer("pathLength"),
+                       bool(restart))
 
 
 def _service_json(s: ServiceIntent) -> dict[str, Any]:
@@ -537,5 +576,7 @@ def from_json(doc: Any) -> ClusterIntent:
         for a in r.items("access")
     )
     mtls = tuple(MtlsRule(m.text("policy"), m.text("namespace"), m.text("mode"), _selector(m)) for m in r.items("mtls"))
+    # an intent from a hub older than the trust section has none: meshfleet manages no CA there
+    trust = r.optional("trust") if isinstance(doc, dict) and "trust" in doc else None
     return ClusterIntent(cluster=_cluster(r.obj("cluster")), services=tuple(_service(s) for s in r.items("services")),
-                         traffic=traffic, access=access, mtls=mtls)
+                         traffic=traffic, access=access, mtls=mtls, trust=None if trust is None else _trust(trust))

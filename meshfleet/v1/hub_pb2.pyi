@@ -27,26 +27,32 @@ class RegisterResponse(_message.Message):
     def __init__(self, certificate_pem: _Optional[bytes] = ..., ca_bundle_pem: _Optional[bytes] = ...) -> None: ...
 
 class AgentMessage(_message.Message):
-    __slots__ = ("hello", "ack", "nack", "heartbeat", "discovery")
+    __slots__ = ("hello", "ack", "nack", "heartbeat", "discovery", "csr", "ca")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     ACK_FIELD_NUMBER: _ClassVar[int]
     NACK_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     DISCOVERY_FIELD_NUMBER: _ClassVar[int]
+    CSR_FIELD_NUMBER: _ClassVar[int]
+    CA_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     ack: Ack
     nack: Nack
     heartbeat: Heartbeat
     discovery: DiscoveryReport
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., nack: _Optional[_Union[Nack, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., discovery: _Optional[_Union[DiscoveryReport, _Mapping]] = ...) -> None: ...
+    csr: IntermediateRequest
+    ca: CaReport
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., nack: _Optional[_Union[Nack, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., discovery: _Optional[_Union[DiscoveryReport, _Mapping]] = ..., csr: _Optional[_Union[IntermediateRequest, _Mapping]] = ..., ca: _Optional[_Union[CaReport, _Mapping]] = ...) -> None: ...
 
 class HubMessage(_message.Message):
-    __slots__ = ("intent", "heartbeat")
+    __slots__ = ("intent", "heartbeat", "certificate")
     INTENT_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
     intent: IntentPush
     heartbeat: Heartbeat
-    def __init__(self, intent: _Optional[_Union[IntentPush, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ...) -> None: ...
+    certificate: IntermediateIssued
+    def __init__(self, intent: _Optional[_Union[IntentPush, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., certificate: _Optional[_Union[IntermediateIssued, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
     __slots__ = ("cluster", "agent_version", "protocol_version", "applied_version")
@@ -162,3 +168,41 @@ class Subset(_message.Message):
     name: str
     labels: _containers.ScalarMap[str, str]
     def __init__(self, name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class IntermediateRequest(_message.Message):
+    __slots__ = ("request_id", "csr_pem", "ttl_seconds")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    CSR_PEM_FIELD_NUMBER: _ClassVar[int]
+    TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    csr_pem: bytes
+    ttl_seconds: int
+    def __init__(self, request_id: _Optional[str] = ..., csr_pem: _Optional[bytes] = ..., ttl_seconds: _Optional[int] = ...) -> None: ...
+
+class IntermediateIssued(_message.Message):
+    __slots__ = ("request_id", "certificate_pem", "chain_pem", "error")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
+    CHAIN_PEM_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    certificate_pem: bytes
+    chain_pem: bytes
+    error: str
+    def __init__(self, request_id: _Optional[str] = ..., certificate_pem: _Optional[bytes] = ..., chain_pem: _Optional[bytes] = ..., error: _Optional[str] = ...) -> None: ...
+
+class CaReport(_message.Message):
+    __slots__ = ("bundle", "intermediate", "issuer", "not_after_unix", "error", "warnings")
+    BUNDLE_FIELD_NUMBER: _ClassVar[int]
+    INTERMEDIATE_FIELD_NUMBER: _ClassVar[int]
+    ISSUER_FIELD_NUMBER: _ClassVar[int]
+    NOT_AFTER_UNIX_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
+    bundle: _containers.RepeatedScalarFieldContainer[str]
+    intermediate: str
+    issuer: str
+    not_after_unix: int
+    error: str
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, bundle: _Optional[_Iterable[str]] = ..., intermediate: _Optional[str] = ..., issuer: _Optional[str] = ..., not_after_unix: _Optional[int] = ..., error: _Optional[str] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
