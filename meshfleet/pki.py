@@ -18,7 +18,6 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 from cryptography.x509.oid import NameOID
 
 ALGORITHMS = ("EC-P256", "EC-P384", "RSA-4096")
@@ -109,7 +108,7 @@ def ca_key_usage() -> x509.KeyUsage:
                          encipher_only=False, decipher_only=False)
 
 
-def signature_hash(key: object) -> hashes.HashAlgorithm:
+def signature_hash(key: object) -> hashes.SHA256 | hashes.SHA384:
     """SHA-384 for P-384 keys, SHA-256 otherwise (what each curve's security level calls for)."""
     if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name == "secp384r1":
         return hashes.SHA384()
