@@ -22,6 +22,7 @@ from meshfleet.pki import (
     algorithm_of,
     ca_key_usage,
     intermediate_subject,
+    issued_by,
     same_public_key,
     signature_hash,
     trust_domain_uri,
@@ -81,8 +82,18 @@ def check_root(cert: x509.Certificate, key: PrivateKey | None, now: dt.datetime)
         return "the root certificate is not a CA (basicConstraints CA:FALSE)"
     if bc.path_length == 0:
         return "the root certificate's path length is 0, so it cannot sign intermediate CAs"
+    try:
+        usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+        if not usage.key_cert_sign:
+            return "the root certificate's keyUsage lacks keyCertSign, so peers refuse what it signs"
+    except x509.ExtensionNotFound:
+        pass  # without keyUsage a CA may sign anything (RFC 5280 4.2.1.3)
+    if cert.issuer != cert.subject or not issued_by(cert, cert):
+        return "the root certificate is not self-signed"
     if now >= cert.not_valid_after_utc:
         return f"the root certificate expired at {cert.not_valid_after_utc.isoformat()}"
+    if now + CLOCK_SKEW < cert.not_valid_before_utc:
+        return f"the root certificate is not valid before {cert.not_valid_before_utc.isoformat()}"
     if algorithm_of(cert.public_key()) is None:
         return "the root's key is neither EC P-256/P-384 nor RSA 4096"
     if key is not None and not same_public_key(key, cert):
@@ -108,6 +119,16 @@ def check_intermediate_csr(csr_pem: bytes, cluster: str, policy: IssuancePolicy)
         csr = x509.load_pem_x509_csr(csr_pem)
     except ValueError as exc:
         raise CSRRefused(f"the CSR is not a PEM PKCS#10 request: {exc}") from exc
+    try:
+        return _check_csr(csr, cluster, policy)
+    except ValueError as exc:  # an extension or name that does not parse
+        if isinstance(exc, CSRRefused):
+            raise
+        raise CSRRefused(f"the CSR is malformed: {exc}") from exc
+
+
+def _check_csr(csr: x509.CertificateSigningRequest, cluster: str, policy: IssuancePolicy
+               ) -> x509.CertificateSigningRequest:
     if not csr.is_signature_valid:
         raise CSRRefused("the CSR's signature does not verify against its public key")
     if algorithm_of(csr.public_key()) is None:
@@ -139,6 +160,16 @@ def check_intermediate_csr(csr_pem: bytes, cluster: str, policy: IssuancePolicy)
     return csr
 
 
+def _authority_key_id(root: x509.Certificate) -> x509.AuthorityKeyIdentifier:
+    """The AKI naming `root` as its peers look it up: by the root's own SKI when it has one (a supplied root
+    may compute it other than by SHA-1 of the key), else from its key."""
+    try:
+        ski = root.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
+    except x509.ExtensionNotFound:
+        return x509.AuthorityKeyIdentifier.from_issuer_public_key(root.public_key())  # type: ignore[arg-type]
+
+
 def sign_intermediate(root: Root, csr: x509.CertificateSigningRequest, cluster: str, policy: IssuancePolicy,
                       now: dt.datetime, requested_ttl: dt.timedelta | None = None) -> x509.Certificate:
     """Issue `cluster`'s intermediate CA from a CSR `check_intermediate_csr` accepted.
@@ -164,8 +195,7 @@ def sign_intermediate(root: Root, csr: x509.CertificateSigningRequest, cluster: 
         .add_extension(x509.BasicConstraints(ca=True, path_length=policy.path_length), critical=True)
         .add_extension(ca_key_usage(), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(csr.public_key()), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(root.cert.public_key()),  # type: ignore[arg-type]
-                       critical=False)
+        .add_extension(_authority_key_id(root.cert), critical=False)
         .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(
             trust_domain_uri(policy.trust_domain))]), critical=False)
         .sign(root.key, signature_hash(root.key))
