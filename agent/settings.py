@@ -24,6 +24,9 @@ class AgentSettings:
     """Join token from `meshfleet cluster add`; needed only until the agent has registered."""
     hub_bootstrap: str | None = None
     """Address of the hub's Register port (default: the hub port + 1)."""
+    cacerts_dir: Path | None = None
+    """Embedded mode: where Istio's plug-in CA files go (default: <state_dir>/cacerts; never the output directory,
+    which a GitOps tool may publish, since ca-key.pem is a private key)."""
     cluster_domain: str = "cluster.local"
     """DNS suffix of this cluster's services, for local endpoints."""
     heartbeat_interval: float = 5.0

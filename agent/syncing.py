@@ -18,11 +18,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from agent.cacerts import CaKeeper, CaStore, DirectoryCaStore
 from agent.discovering import DiscoveryFailed, DiscoverySource, InventoryFile
 from agent.identity import Identity, IdentityStore
 from agent.inventory import Inventory
@@ -31,7 +33,7 @@ from agent.settings import AgentSettings
 from agent.writing import DirectorySink, Sink, SinkError
 from meshfleet import __version__, jointokens
 from meshfleet.files import atomic_write
-from meshfleet.intents import PROTOCOL_VERSION, IntentError, decode, version_of
+from meshfleet.intents import PROTOCOL_VERSION, IntentError, TrustIntent, decode, version_of
 from meshfleet.v1 import hub_pb2, hub_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -103,8 +105,10 @@ class AppliedCache:
 
 class Agent:
     def __init__(self, settings: AgentSettings, rng: Callable[[], float] = random.random,
-                 sink: Sink | None = None, discovery: DiscoverySource | None = None) -> None:
-        """`sink` and `discovery` default to the embedded ones: the output directory and the inventory file."""
+                 sink: Sink | None = None, discovery: DiscoverySource | None = None,
+                 ca_store: CaStore | None = None) -> None:
+        """`sink`, `discovery` and `ca_store` default to the embedded ones: the output directory, the
+        inventory file, and plug-in CA files under `cacerts_dir`."""
         self.settings = settings
         self.rng = rng
         self.identities = IdentityStore(settings.state_dir)
@@ -119,6 +123,12 @@ class Agent:
             discovery = InventoryFile(settings.inventory)
         self.sink: Sink = sink
         self.discovery: DiscoverySource = discovery
+        if ca_store is None:
+            ca_store = DirectoryCaStore(settings.cacerts_dir or settings.state_dir / "cacerts")
+        self.ca = CaKeeper(ca_store, settings.state_dir, settings.cluster, rng=rng)
+        self.trust: TrustIntent | None = None  # the trust section of the last applied intent
+        self._ca_sent: hub_pb2.CaReport | None = None
+        self._ca_lock = asyncio.Lock()
         self.ctx = RenderContext(settings.cluster, settings.cluster_domain)
         self.objects = 0
         self.applied = self._verified_cache()
@@ -140,9 +150,11 @@ class Agent:
         if cached is None:
             return None
         try:
-            objects = render(decode(cached.version, cached.content), self.ctx)
+            intent = decode(cached.version, cached.content)
+            objects = render(intent, self.ctx)
             if self.sink.holds(objects):
                 self.objects = len(objects)
+                self.trust = intent.trust  # renewals go on from it, even while the hub is away
                 return cached
         except (IntentError, SinkError) as exc:
             log.warning("cached intent unusable (%s)", exc)
@@ -247,10 +259,37 @@ class Agent:
             log.exception("rendering intent %s failed", push.version[:12])
             return hub_pb2.AgentMessage(nack=hub_pb2.Nack(version=push.version, error=self.last_error))
         self.applied = applied
+        self.trust = intent.trust
         self.objects, self.last_error = len(objects), ""
         log.info("applied intent %s: %d objects (%d written, %d unchanged, %d pruned)", push.version[:12],
                  len(objects), result.written, result.unchanged, result.pruned)
         return hub_pb2.AgentMessage(ack=hub_pb2.Ack(version=push.version))
+
+    # the plug-in CA ---------------------------------------------------------------------------
+    def ca_messages(self) -> list[hub_pb2.AgentMessage]:
+        """Bring the plug-in CA towards the intent's trust: a CSR to send if a new intermediate is needed,
+        and a CA report if what the cluster holds changed since the last one sent (blocking I/O)."""
+        if self.trust is None:
+            return []  # no TrustPolicy on the hub: meshfleet manages no CA here, and reports none
+        out = []
+        request = self.ca.reconcile(self.trust)
+        if request is not None:
+            out.append(hub_pb2.AgentMessage(csr=request))
+        report = self.ca.report()
+        if report != self._ca_sent:
+            self._ca_sent = report
+            out.append(hub_pb2.AgentMessage(ca=report))
+        return out
+
+    async def _ca(self, fn: Callable[..., list[hub_pb2.AgentMessage]], *args: Any) -> list[hub_pb2.AgentMessage]:
+        """Run a CA step off the loop, one at a time (the tick and the reader both call in)."""
+        async with self._ca_lock:
+            return await asyncio.to_thread(fn, *args)
+
+    def install_certificate(self, issued: hub_pb2.IntermediateIssued) -> list[hub_pb2.AgentMessage]:
+        """Install a certificate the hub signed (or record its refusal); the messages that follow (blocking I/O)."""
+        self.ca.install(issued)
+        return self.ca_messages()
 
     # the stream -------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -291,9 +330,13 @@ class Agent:
             cluster=s.cluster, agent_version=__version__, protocol_version=PROTOCOL_VERSION,
             applied_version=self.applied_version)))
         self._report = self._inventory = None  # a new stream reports afresh
+        self._ca_sent = None
+        self.ca.forget_outstanding()  # a CSR sent on a dead stream is answered nowhere: send it again
         report = await asyncio.to_thread(self._read_inventory)
         if report is not None:
             await outbox.put(hub_pb2.AgentMessage(discovery=report))
+        for msg in await self._ca(self.ca_messages):
+            await outbox.put(msg)
 
         async def write() -> None:
             while True:
@@ -312,6 +355,8 @@ class Agent:
                 report = await asyncio.to_thread(self._read_inventory)
                 if report is not None:
                     await outbox.put(hub_pb2.AgentMessage(discovery=report))
+                for msg in await self._ca(self.ca_messages):  # renewal due, a refused CSR to retry
+                    await outbox.put(msg)
                 if time.monotonic() >= next_beat[0]:
                     next_beat[0] = time.monotonic() + s.heartbeat_interval
                     await outbox.put(hub_pb2.AgentMessage(heartbeat=hub_pb2.Heartbeat(
@@ -327,9 +372,15 @@ class Agent:
                     return
                 last_heard[0] = time.monotonic()
                 self.connected.set()
-                if msg.WhichOneof("kind") == "intent":
+                kind = msg.WhichOneof("kind")
+                if kind == "intent":
                     self.received.append(msg.intent.version)
                     await outbox.put(await self.handle_intent(msg.intent))
+                    for out in await self._ca(self.ca_messages):
+                        await outbox.put(out)
+                elif kind == "certificate":
+                    for out in await self._ca(self.install_certificate, msg.certificate):
+                        await outbox.put(out)
 
         async def watchdog() -> None:
             while True:

@@ -158,6 +158,7 @@ DEFAULT_KINDS: Final[tuple[Kind, ...]] = (
     Kind("", "v1", "Pod", "pods", status=True, short_names=("po",)),
     Kind("", "v1", "Endpoints", "endpoints", short_names=("ep",)),
     Kind("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices"),
+    Kind("apps", "v1", "Deployment", "deployments", status=True, short_names=("deploy",)),
     # Istio 1.30 serves v1 (preferred, listed first), v1beta1 and v1alpha3 of networking, v1 and v1beta1 of security.
     *(Kind("networking.istio.io", v, k, p, status=True, short_names=s, map_lists=m)
       for v in ("v1", "v1beta1", "v1alpha3") for k, p, s, m in _ISTIO_NETWORKING),
