@@ -10,6 +10,7 @@ import logging
 import signal
 import sys
 import time
+import uuid
 from pathlib import Path
 
 from kubernetes.client import ApiClient
@@ -24,6 +25,7 @@ from mgmt.registry import ORIGIN_MESHCLUSTER, Registry, RegistryError
 from mgmt.serving import Hub
 from mgmt.settings import HubSettings
 from mgmt.statuswriting import PolicyStatusWriter
+from mgmt.trust import REQUEST_KEY, RESULT_KEY, ROLLBACK, ROTATE, STATUS_KEY
 
 log = logging.getLogger("meshfleet.hub")
 
@@ -67,6 +69,20 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
                     help="also remove a cluster its MeshCluster resource manages (a hub in kube mode adds it back "
                          "while the resource exists)")
     rm.set_defaults(func=cluster_remove)
+
+    certs = sub.add_parser("certs", help="the mesh CA: status, root rotation, rollback")
+    certs_sub = certs.add_subparsers(dest="certs_cmd", required=True)
+    cst = certs_sub.add_parser("status", help="roots, rotation phase, each cluster's CA and who holds a rotation")
+    cst.add_argument("--state-dir", type=Path, required=True)
+    cst.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    cst.set_defaults(func=certs_status)
+    for action, what in ((ROTATE, "start a root rotation: a new root is generated and phased in"),
+                         (ROLLBACK, "go back to the old root (from phase AddingRoot or ReissuingIntermediates)")):
+        cmd = certs_sub.add_parser(action, help=what)
+        cmd.add_argument("--state-dir", type=Path, required=True)
+        cmd.add_argument("--wait", type=float, default=15.0,
+                         help="seconds to wait for the running hub to take the request (default %(default)s)")
+        cmd.set_defaults(func=certs_request, action=action)
 
     st = sub.add_parser("status", help="clusters, connection, versions, last NACK")
     st.add_argument("--state-dir", type=Path, required=True)
@@ -153,6 +169,65 @@ def show_status(args: argparse.Namespace) -> int:
         registry.close()
     print(json.dumps(doc, indent=2) if args.output == "json" else status_view.render_text(doc))
     return 0
+
+
+def _open_registry(state_dir: Path) -> Registry | None:
+    if not (state_dir / "hub.db").exists():
+        print(f"error: no hub state in {state_dir} (expected hub.db)", file=sys.stderr)
+        return None
+    return Registry(state_dir)
+
+
+def certs_status(args: argparse.Namespace) -> int:
+    registry = _open_registry(args.state_dir)
+    if registry is None:
+        return 1
+    try:
+        doc = registry.get_meta(STATUS_KEY)
+    finally:
+        registry.close()
+    print(json.dumps(doc, indent=2) if args.output == "json" else status_view.render_trust(doc))
+    return 0
+
+
+def certs_request(args: argparse.Namespace) -> int:
+    """Queue rotate-root / rollback for the running hub and await its answer (exit 0 done, 1 refused, 3 not taken)."""
+    registry = _open_registry(args.state_dir)
+    if registry is None:
+        return 1
+    try:
+        doc = registry.get_meta(STATUS_KEY) or {}
+        phase = doc.get("phase")
+        # the hub checks again; this is for an immediate answer when the outcome is already clear
+        if not doc.get("policy"):
+            print("error: no TrustPolicy is in effect on the hub (see `meshfleet certs status`)", file=sys.stderr)
+            return 1
+        if args.action == ROTATE and phase != "Idle":
+            print(f"error: a root rotation is already under way (phase {phase}); wait for it or roll it back",
+                  file=sys.stderr)
+            return 1
+        if args.action == ROLLBACK and phase not in ("AddingRoot", "ReissuingIntermediates"):
+            print(f"error: rollback is possible in phases AddingRoot and ReissuingIntermediates; the phase is {phase}",
+                  file=sys.stderr)
+            return 1
+        if registry.get_meta(REQUEST_KEY) is not None:
+            print("error: another certs request is queued and the hub has not taken it yet", file=sys.stderr)
+            return 1
+        request_id = uuid.uuid4().hex
+        registry.set_meta(REQUEST_KEY, {"id": request_id, "action": args.action, "at": time.time()})
+        deadline = time.monotonic() + args.wait
+        while time.monotonic() < deadline:
+            result = registry.get_meta(RESULT_KEY)
+            if result is not None and result.get("id") == request_id:
+                print(result["message"] if result["ok"] else f"error: {result['message']}",
+                      file=sys.stdout if result["ok"] else sys.stderr)
+                return 0 if result["ok"] else 1
+            time.sleep(0.1)
+        print(f"error: the hub has not taken the request within {args.wait:g} s (is it running?); it stays queued "
+              "and runs when the hub next polls", file=sys.stderr)
+        return 3
+    finally:
+        registry.close()
 
 
 def run_hub(args: argparse.Namespace) -> int:

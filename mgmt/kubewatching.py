@@ -7,9 +7,10 @@ missed event heals); reconnect with backoff on errors. Every change calls
 `on_change`, which the hub turns into a (debounced) translation.
 
 `KubePolicySource` runs one watch per kind (MulticlusterService, TrafficPolicy,
-FailoverPolicy, AccessPolicy) and presents the watched objects the way the
-directory source does (`resources`, `errors`, `scan()`), so the hub needs no
-second code path; `objects()` gives the live objects, for status writing.
+FailoverPolicy, AccessPolicy, and the cluster-scoped TrustPolicy) and presents the
+watched objects the way the directory source does (`resources`, `errors`, `scan()`),
+so the hub needs no second code path; `objects()` gives the live objects, for status
+writing (a cluster-scoped object's namespace is "").
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from kubernetes import watch as kwatch
 from kubernetes.client import ApiClient, CustomObjectsApi
 from kubernetes.client.exceptions import ApiException
 
-from mgmt.model import Resource, Resources
+from mgmt.model import AnyResource, Resources, cr_ref
 from mgmt.policies import PolicyError, parse_resource
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 GROUP, VERSION = "meshfleet.io", "v1alpha1"
 # the resource (plural) of each policy kind, as the CRDs in crds/ name them
 PLURALS = {"MulticlusterService": "multiclusterservices", "TrafficPolicy": "trafficpolicies",
-           "FailoverPolicy": "failoverpolicies", "AccessPolicy": "accesspolicies"}
+           "FailoverPolicy": "failoverpolicies", "AccessPolicy": "accesspolicies", "TrustPolicy": "trustpolicies"}
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,11 @@ class WatchSettings:
 
 
 class ResourceWatch:
-    """A live copy of one custom resource kind across all namespaces."""
+    """A live copy of one custom resource kind across all namespaces, or of a cluster-scoped kind.
+
+    Both are listed and watched at /apis/<group>/<version>/<plural>; objects are keyed by
+    (namespace, name), the namespace "" for a cluster-scoped kind.
+    """
 
     def __init__(self, api: ApiClient, plural: str, on_change: Callable[[], None],
                  settings: WatchSettings = WatchSettings(), group: str = GROUP, version: str = VERSION) -> None:
@@ -180,7 +185,7 @@ class KubePolicySource:
         self.resources = Resources()
         self.errors: tuple[PolicyError, ...] = ()
         self._seen: dict[tuple[str, str, str], dict[str, Any]] = {}
-        self._parsed: dict[tuple[str, str, str], Resource | PolicyError] = {}
+        self._parsed: dict[tuple[str, str, str], AnyResource | PolicyError] = {}
         self._lock = threading.Lock()  # the hub scans from its poll thread and from watch nudges
 
     @classmethod
@@ -239,7 +244,7 @@ class KubePolicySource:
         objects = self.objects()
         if objects == self._seen:
             return False
-        parsed: dict[tuple[str, str, str], Resource | PolicyError] = {}
+        parsed: dict[tuple[str, str, str], AnyResource | PolicyError] = {}
         for key, obj in objects.items():
             if key in self._parsed and self._seen.get(key) == obj:
                 parsed[key] = self._parsed[key]  # unchanged: no need to parse it again
@@ -247,7 +252,7 @@ class KubePolicySource:
             try:
                 parsed[key] = parse_resource(obj)
             except ValueError as exc:
-                parsed[key] = PolicyError(f"{key[0]} {key[1]}/{key[2]}", 0, str(exc))
+                parsed[key] = PolicyError(cr_ref(*key), 0, str(exc))
         self._seen, self._parsed = objects, parsed
         resources = Resources.of(r for r in parsed.values() if not isinstance(r, PolicyError))
         errors: list[PolicyError] = []

@@ -49,6 +49,7 @@ from meshfleet.names import address_error, dns1123_label_error, labels_error, to
 from mgmt.kubewatching import GROUP, VERSION, ResourceWatch, WatchSettings
 from mgmt.model import Discovery
 from mgmt.registry import ORIGIN_CLI, ORIGIN_MESHCLUSTER, ClusterRecord, ClusterStatus, Registry, RegistryError
+from mgmt.rotation import CaFacts
 from mgmt.statuses import condition
 
 log = logging.getLogger(__name__)
@@ -308,10 +309,10 @@ class MeshClusterSource:
 # ---------------------------------------------------------------------------------------------
 # status (pure)
 
-# the status fields this module writes; any other (intermediateCertificateExpiry, clusters) is left as is
+# the status fields this module writes; any other (clusters) is left as is
 STATUS_FIELDS = ("observedGeneration", "connection", "agentVersion", "lastHeartbeat", "desiredVersion",
                  "ackedVersion", "ackedVersionShort", "lastNack", "gatewayAddress", "agentCertificateExpiry",
-                 "conditions")
+                 "intermediateCertificateExpiry", "conditions")
 
 
 def rfc3339(ts: float) -> str:
@@ -348,6 +349,8 @@ class ClusterView:
     """Its agent's state as the hub last knew it; None counts as Pending."""
     discovered_gateway: tuple[str, int] | None = None
     """East-west gateway (address, port) from the agent's last discovery report."""
+    intermediate_not_after: float | None = None
+    """Expiry of the cluster's intermediate CA as its agent last reported it (None: it holds none)."""
 
 
 _CONNECTION_MESSAGES = {
@@ -389,6 +392,8 @@ def meshcluster_status(previous: Mapping[str, Any] | None, generation: int, name
         out["gatewayAddress"] = host_port(*gateway)
     if record is not None and record.cert_not_after is not None:
         out["agentCertificateExpiry"] = rfc3339(record.cert_not_after)
+    if view.intermediate_not_after:
+        out["intermediateCertificateExpiry"] = rfc3339(view.intermediate_not_after)
 
     checks: list[tuple[str, bool, str, str]] = []  # (type, ok, reason, message), in Ready's order
     if error:
@@ -486,6 +491,9 @@ class HubFacts(Protocol):
     @property
     def registry(self) -> ClusterRecords: ...
 
+    @property
+    def ca_reports(self) -> Mapping[str, CaFacts]: ...
+
 
 class MeshClusterObjects(Protocol):
     """The watched resources and why some are not used (MeshClusterSource has both)."""
@@ -533,8 +541,10 @@ class MeshClusterStatusWriter:
             if record is None and not error:
                 continue
             found = self.hub.discovery.get(name)
+            ca = self.hub.ca_reports.get(name)
             view = ClusterView(record, self.hub.statuses.get(name),
-                               (found.gateway_address, found.gateway_port) if found else None)
+                               (found.gateway_address, found.gateway_port) if found else None,
+                               ca.not_after if ca is not None and ca.intermediate else None)
             try:
                 override = parse_meshcluster(obj).gateway
             except ValueError:

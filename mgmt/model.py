@@ -101,7 +101,12 @@ class Meta:
 
     @property
     def ref(self) -> str:
-        return f"{self.kind} {self.namespace}/{self.name}"
+        return cr_ref(self.kind, self.namespace, self.name)
+
+
+def cr_ref(kind: object, namespace: object, name: object) -> str:
+    """How messages name a resource: "Kind namespace/name", or "Kind name" when cluster-scoped (as kubectl does)."""
+    return f"{kind} {namespace}/{name}" if namespace else f"{kind} {name}"
 
 
 @dataclass(frozen=True)
@@ -200,7 +205,43 @@ class AccessPolicy:
         return self.meta.key
 
 
+DAY = 24 * 3600.0
+
+
+@dataclass(frozen=True)
+class TrustPolicy:
+    """The mesh's shared root of trust (cluster-scoped: meta.namespace is ""); durations in seconds.
+
+    Exactly one of `generate`, `secret_ref` and `files` says where the root comes from. More than one
+    TrustPolicy is not refused here: the hub's trust manager reports it.
+    """
+
+    meta: Meta
+    trust_domain: str = "cluster.local"
+    algorithm: str = "EC-P256"  # of a generated root and of the intermediates agents generate (EC-P256 if supplied)
+    root_validity: float = 3650 * DAY  # generate.validity; unused for a supplied root
+    secret_ref: tuple[str, str] | None = None  # (namespace, name) of a Secret on the hub cluster
+    files: tuple[str, str] | None = None  # (certificate path, key path), absolute, on the hub's disk
+    generate: bool = True  # the hub generates the root and keeps its key
+    intermediate_ttl: float = 90 * DAY
+    renew_before_percent: int = 20
+    path_length: int = 0
+    grace_period: float = DAY
+    restart_istiod: bool = False
+
+    def __post_init__(self) -> None:
+        given = [self.generate, self.secret_ref is not None, self.files is not None]
+        if given.count(True) != 1:
+            raise ValueError(f"{self.meta.ref}: exactly one of generate, secret_ref and files must be set")
+
+    @property
+    def key(self) -> str:
+        return self.meta.key
+
+
 Resource = MulticlusterService | TrafficPolicy | FailoverPolicy | AccessPolicy
+AnyResource = Resource | TrustPolicy
+"""What a policy file or custom resource parses to; `Resource` is the part translation reads."""
 
 
 @dataclass(frozen=True)
@@ -211,12 +252,14 @@ class Resources:
     traffic: tuple[TrafficPolicy, ...] = ()
     failover: tuple[FailoverPolicy, ...] = ()
     access: tuple[AccessPolicy, ...] = ()
+    trust: tuple[TrustPolicy, ...] = ()  # not in all(): the trust manager reads it, translation does not
 
     def all(self) -> tuple[Resource, ...]:
+        """The resources translation renders and the policy status writer reports on (trust excluded)."""
         return (*self.services, *self.traffic, *self.failover, *self.access)
 
     @staticmethod
-    def of(items: Iterable[Resource]) -> Resources:
+    def of(items: Iterable[AnyResource]) -> Resources:
         """Group resources by kind, each kind sorted by key."""
         items = sorted(items, key=lambda r: r.meta.key)
         return Resources(
@@ -224,10 +267,11 @@ class Resources:
             traffic=tuple(r for r in items if isinstance(r, TrafficPolicy)),
             failover=tuple(r for r in items if isinstance(r, FailoverPolicy)),
             access=tuple(r for r in items if isinstance(r, AccessPolicy)),
+            trust=tuple(r for r in items if isinstance(r, TrustPolicy)),
         )
 
 
-def age(resource: Resource) -> tuple[str, str]:
+def age(resource: AnyResource) -> tuple[str, str]:
     """Sort key for conflicts: the older resource wins (files before CRs, then by creation, then by key)."""
     return resource.meta.created, resource.meta.key
 

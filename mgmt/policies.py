@@ -29,6 +29,7 @@ from meshfleet.names import (
 from mgmt.model import (
     AccessFrom,
     AccessPolicy,
+    AnyResource,
     ClusterSelector,
     Destination,
     FailoverPolicy,
@@ -36,22 +37,25 @@ from mgmt.model import (
     Meta,
     MulticlusterService,
     Requirement,
-    Resource,
     RouteTarget,
     TrafficPolicy,
+    TrustPolicy,
+    cr_ref,
 )
 
 API_VERSION = "meshfleet.io/v1alpha1"
-KINDS = ("MulticlusterService", "TrafficPolicy", "FailoverPolicy", "AccessPolicy")
+KINDS = ("MulticlusterService", "TrafficPolicy", "FailoverPolicy", "AccessPolicy", "TrustPolicy")
+CLUSTER_SCOPED = frozenset({"TrustPolicy"})  # kinds whose resources have no namespace (the CRDs' scope: Cluster)
 # meshfleet kinds that are not policies: named, so a policy file holding one gets a useful answer
 NOT_POLICIES = {
     "MeshCluster": "MeshCluster is not a policy: clusters are added with `meshfleet cluster add`"
                    " or watched as MeshCluster resources, not read from policy files",
-    "TrustPolicy": "TrustPolicy is not read from policy files: the mesh's root of trust is handled by a later"
-                   " hub version",
 }
 # protocols a MulticlusterService port may declare (the CRD's enum, a subset of meshfleet.intents.PROTOCOLS)
 PORT_PROTOCOLS = ("HTTP", "HTTP2", "GRPC", "TCP", "TLS", "HTTPS")
+# key algorithms of a TrustPolicy (the CRD's enum); meshfleet.pki.ALGORITHMS, which this pure core may not
+# import (it pulls in cryptography), names the same (tests/test_policies.py keeps them equal)
+KEY_ALGORITHMS = ("EC-P256", "EC-P384", "RSA-4096")
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
 
 _Path = tuple[str | int, ...]
@@ -277,11 +281,19 @@ def _show(seconds: Fraction) -> str:
 
 
 def _metadata(value: Any, kind: str, source: str, created: str, generation: int) -> Meta:
-    meta = _fields(value, ("metadata",), ("name", "namespace"), ("labels", "annotations"))
+    scoped = kind not in CLUSTER_SCOPED
+    meta = _fields(value, ("metadata",), ("name", "namespace") if scoped else ("name",),
+                   ("labels", "annotations") if scoped else ("namespace", "labels", "annotations"))
     # a MulticlusterService name is the first label of its default host; the CRD says so too
     check = dns1123_label_error if kind == "MulticlusterService" else dns1123_subdomain_error
     name = _name(meta["name"], ("metadata", "name"), check)
-    namespace = _name(meta["namespace"], ("metadata", "namespace"), dns1123_label_error)
+    if scoped:
+        namespace = _name(meta["namespace"], ("metadata", "namespace"), dns1123_label_error)
+    elif meta.get("namespace", ""):  # "" is how some clients spell "no namespace"; the API server takes it
+        raise _invalid(("metadata", "namespace"), f"a {kind} is cluster-scoped: remove the namespace"
+                       f" ({meta['namespace']!r})")
+    else:
+        namespace = ""
     if "labels" in meta:
         _label_map(meta["labels"], ("metadata", "labels"))
     annotations = meta.get("annotations", {})
@@ -591,15 +603,70 @@ def _access_policy(spec: Any, meta: Meta) -> AccessPolicy:
     return AccessPolicy(meta, destination, action, tuple(sources), tuple(operations), mtls)
 
 
-_PARSERS: dict[str, Callable[[Any, Meta], Resource]] = {
+_HOUR = Fraction(3600)
+
+
+def _absolute_path(value: Any, path: _Path) -> str:
+    text = _string(value, path, 4096)
+    # relative to what? the hub's working directory is an accident of how it was started
+    if not text.startswith("/"):
+        raise _invalid(path, f"must be an absolute path, got {text!r}")
+    return text
+
+
+def _trust_policy(spec: Any, meta: Meta) -> TrustPolicy:
+    spec = _fields(spec, ("spec",), ("root",), ("trustDomain", "intermediate", "rotation"))
+    trust_domain = _name(spec.get("trustDomain", "cluster.local"), ("spec", "trustDomain"), dns1123_subdomain_error)
+    rpath: _Path = ("spec", "root")
+    root = _fields(spec["root"], rpath, (), ("generate", "secretRef", "files"))
+    which = _one_of(root, rpath, ("generate", "secretRef", "files"))
+    algorithm, validity = "EC-P256", ("87600h", 87600 * _HOUR)
+    secret_ref: tuple[str, str] | None = None
+    files: tuple[str, str] | None = None
+    if which == "generate":
+        gpath = (*rpath, "generate")
+        g = _fields(root["generate"], gpath, (), ("algorithm", "validity"))
+        algorithm = _enum(g.get("algorithm", "EC-P256"), (*gpath, "algorithm"), KEY_ALGORITHMS)
+        validity = _duration(g.get("validity", "87600h"), (*gpath, "validity"), at_least=24 * _HOUR)
+    elif which == "secretRef":
+        spath = (*rpath, "secretRef")
+        s = _fields(root["secretRef"], spath, ("name", "namespace"), ())
+        secret_ref = (_name(s["namespace"], (*spath, "namespace"), dns1123_label_error),
+                      _name(s["name"], (*spath, "name"), dns1123_subdomain_error))
+    else:
+        fpath = (*rpath, "files")
+        f = _fields(root["files"], fpath, ("certificate", "key"), ())
+        files = (_absolute_path(f["certificate"], (*fpath, "certificate")), _absolute_path(f["key"], (*fpath, "key")))
+    ipath: _Path = ("spec", "intermediate")
+    i = _fields(spec.get("intermediate", {}), ipath, (), ("ttl", "renewBefore", "pathLength"))
+    ttl = _duration(i.get("ttl", "2160h"), (*ipath, "ttl"), at_least=_HOUR)
+    if which == "generate" and ttl[1] >= validity[1]:
+        # the CRD's rule: the hub clips an intermediate to its root's expiry, so a longer TTL would never be granted
+        raise _invalid((*ipath, "ttl"), f"intermediate.ttl must be shorter than root.generate.validity"
+                       f" ({ttl[0]} is not shorter than {validity[0]})")
+    opath: _Path = ("spec", "rotation")
+    o = _fields(spec.get("rotation", {}), opath, (), ("gracePeriod", "restartIstiod"))
+    return TrustPolicy(
+        meta, trust_domain, algorithm, float(validity[1]), secret_ref, files, generate=which == "generate",
+        intermediate_ttl=float(ttl[1]),
+        renew_before_percent=_integer(i.get("renewBefore", 20), (*ipath, "renewBefore"), 1, 90),
+        path_length=_integer(i.get("pathLength", 0), (*ipath, "pathLength"), 0, 3),
+        # the CRD sets no lower bound: 0s advances as soon as every cluster ACKed
+        grace_period=float(_duration(o.get("gracePeriod", "24h"), (*opath, "gracePeriod"), at_least=None)[1]),
+        restart_istiod=_boolean(o.get("restartIstiod", False), (*opath, "restartIstiod")),
+    )
+
+
+_PARSERS: dict[str, Callable[[Any, Meta], AnyResource]] = {
     "MulticlusterService": _multicluster_service,
     "TrafficPolicy": _traffic_policy,
     "FailoverPolicy": _failover_policy,
     "AccessPolicy": _access_policy,
+    "TrustPolicy": _trust_policy,
 }
 
 
-def _resource(doc: Any, source: str, created: str = "", generation: int = 0) -> Resource:
+def _resource(doc: Any, source: str, created: str = "", generation: int = 0) -> AnyResource:
     if not isinstance(doc, dict):
         raise _Invalid((), f"document must be a mapping, got {type(doc).__name__}")
     if doc.get("apiVersion") != API_VERSION:
@@ -617,7 +684,7 @@ def _resource(doc: Any, source: str, created: str = "", generation: int = 0) -> 
 # Entry points
 
 
-def parse_file(text: str, filename: str) -> tuple[list[Resource], list[PolicyError]]:
+def parse_file(text: str, filename: str) -> tuple[list[AnyResource], list[PolicyError]]:
     """Every resource in a multi-document YAML file, and the errors (file:line) of the documents refused."""
     try:
         nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
@@ -626,7 +693,7 @@ def parse_file(text: str, filename: str) -> tuple[list[Resource], list[PolicyErr
         line = mark.line + 1 if mark is not None else 1
         problem = getattr(exc, "problem", None) or str(exc)
         return [], [PolicyError(filename, line, f"YAML syntax error: {problem}")]
-    resources: list[Resource] = []
+    resources: list[AnyResource] = []
     errors: list[PolicyError] = []
     for node in nodes:
         if node is None:
@@ -654,7 +721,7 @@ _SERVER_METADATA = ("uid", "resourceVersion", "generation", "creationTimestamp",
                     "ownerReferences", "deletionTimestamp", "deletionGracePeriodSeconds", "generateName", "selfLink")
 
 
-def parse_resource(obj: Mapping[str, Any]) -> Resource:
+def parse_resource(obj: Mapping[str, Any]) -> AnyResource:
     """A custom resource as read from the API server; raises ValueError whose message names the field."""
     raw = obj.get("metadata")
     raw = raw if isinstance(raw, dict) else {}
@@ -662,7 +729,7 @@ def parse_resource(obj: Mapping[str, Any]) -> Resource:
     doc = {k: v for k, v in obj.items() if k != "status"} | {"metadata": meta}
     generation = raw.get("generation")
     try:
-        return _resource(doc, f"{obj.get('kind')} {raw.get('namespace')}/{raw.get('name')}",
+        return _resource(doc, cr_ref(obj.get("kind"), raw.get("namespace"), raw.get("name")),
                          str(raw.get("creationTimestamp") or ""),
                          generation if isinstance(generation, int) and not isinstance(generation, bool) else 0)
     except _Invalid as exc:

@@ -60,6 +60,10 @@ CREATE TABLE IF NOT EXISTS discovery (
     cluster TEXT PRIMARY KEY REFERENCES clusters(name) ON DELETE CASCADE,
     report TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS ca_reports (
+    cluster TEXT PRIMARY KEY REFERENCES clusters(name) ON DELETE CASCADE,
+    report TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -296,6 +300,18 @@ class Registry:
                     db.execute(f"INSERT OR REPLACE INTO status({cols}) VALUES ({marks})",
                                [getattr(s, c) for c in _STATUS_COLUMNS])
 
+    # CA reports -------------------------------------------------------------------------------
+    def ca_reports(self) -> dict[str, dict[str, Any]]:
+        """Per cluster, what its agent last reported of its plug-in CA (see mgmt.trust)."""
+        rows = self._db.execute("SELECT cluster, report FROM ca_reports").fetchall()
+        return {r["cluster"]: json.loads(r["report"]) for r in rows}
+
+    def save_ca_report(self, cluster: str, report: Mapping[str, Any]) -> None:
+        with self._tx() as db:
+            if db.execute("SELECT 1 FROM clusters WHERE name=?", (cluster,)).fetchone():
+                db.execute("INSERT OR REPLACE INTO ca_reports(cluster, report) VALUES (?, ?)",
+                           (cluster, json.dumps(report, sort_keys=True)))
+
     # discovery --------------------------------------------------------------------------------
     def discovery(self) -> dict[str, dict[str, Any]]:
         rows = self._db.execute("SELECT cluster, report FROM discovery").fetchall()
@@ -309,6 +325,13 @@ class Registry:
     # small documents (policy problems, hub address) ------------------------------------------
     def get_meta(self, key: str) -> Any:
         row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return json.loads(row["value"]) if row else None
+
+    def take_meta(self, key: str) -> Any:
+        """Read and delete a value in one transaction (a request queued by the CLI is consumed once)."""
+        with self._tx() as db:
+            row = db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+            db.execute("DELETE FROM meta WHERE key=?", (key,))
         return json.loads(row["value"]) if row else None
 
     def set_meta(self, key: str, value: Any) -> None:

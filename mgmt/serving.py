@@ -12,7 +12,7 @@ import dataclasses
 import datetime as dt
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +20,7 @@ import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from meshfleet.intents import MEDIA_TYPE, PROTOCOL_VERSION, ClusterRef, Encoder
+from meshfleet.intents import MEDIA_TYPE, PROTOCOL_VERSION, ClusterIntent, ClusterRef, Encoder
 from meshfleet.jointokens import register_address
 from meshfleet.names import dns1123_label_error
 from meshfleet.v1 import hub_pb2, hub_pb2_grpc
@@ -33,13 +33,16 @@ from mgmt.identities import (
     load_or_create_ca,
     sign_cluster_csr,
 )
-from mgmt.model import Discovery, DiscoveryError, Resource, Resources, Snapshot, discovery_from_json
+from mgmt.model import Discovery, DiscoveryError, Resource, Resources, Snapshot, TrustPolicy, discovery_from_json
 from mgmt.registry import ClusterStatus, Registry
+from mgmt.roots import FileRootStore, RootStore
+from mgmt.rotation import RotationError
 from mgmt.settings import HubSettings
 from mgmt.statuses import ClusterFacts, resource_digest
 from mgmt.tokens import TokenRejected
 from mgmt.topology import concerned
 from mgmt.translate import Problem, resource_problems, translate
+from mgmt.trust import REQUEST_KEY, RESULT_KEY, STATUS_KEY, TrustManager
 from mgmt.watching import DirectoryPolicySource, PolicySource
 
 log = logging.getLogger(__name__)
@@ -84,6 +87,7 @@ class Session:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     refused: StreamRefused | None = None
     ended: bool = False
+    outbox: list[hub_pb2.HubMessage] = field(default_factory=list)  # answers (signed certificates) to write
 
 
 def _now() -> float:
@@ -91,10 +95,18 @@ def _now() -> float:
 
 
 class Hub(hub_pb2_grpc.HubServicer):
-    def __init__(self, settings: HubSettings, source: PolicySource | None = None) -> None:
-        """`source` replaces the policy directory (e.g. the hub cluster's custom resources)."""
+    def __init__(self, settings: HubSettings, source: PolicySource | None = None, roots: RootStore | None = None,
+                 kube_api: Any = None) -> None:
+        """`source` replaces the policy directory (e.g. the hub cluster's custom resources); `roots` keeps
+        generated root CAs (default: files under state_dir/roots); `kube_api` reads supplied roots' Secrets."""
         self.settings = settings
         self.registry = Registry(settings.state_dir)
+        self.trust = TrustManager(self.registry, roots or FileRootStore(settings.state_dir / "roots"), kube_api)
+        self._trust_policies: tuple[TrustPolicy, ...] | None = None
+        self._trust_configured = float("-inf")
+        self._trust_timer: asyncio.TimerHandle | None = None
+        self._trust_status: dict[str, Any] | None = None
+        self._translated_intents: dict[str, ClusterIntent] = {}
         self.ca = load_or_create_ca(settings.state_dir, dt.datetime.now(dt.UTC))
         if source is None and settings.policies_dir is not None:
             source = DirectoryPolicySource(settings.policies_dir, self.registry.get_meta("policy_last_good"))
@@ -164,6 +176,8 @@ class Hub(hub_pb2_grpc.HubServicer):
                 await task
         for handle in self._deadlines.values():
             handle.cancel()
+        if self._trust_timer is not None:
+            self._trust_timer.cancel()
         if self._recompute_handle:
             self._recompute_handle.cancel()
         if self._server is not None:
@@ -201,7 +215,7 @@ class Hub(hub_pb2_grpc.HubServicer):
         for name in [n for n, at in self._created.items() if created.get(n) != at]:
             # removed, or removed and added again: nothing of the old cluster may linger
             for per_cluster in (self.intents, self.discovery, self.statuses, self.included, self.cluster_problems,
-                                self._reads, self._translated):
+                                self._reads, self._translated, self._translated_intents):
                 per_cluster.pop(name, None)
         self._created = created
         clusters = {n: ClusterRef(r.name, r.region, r.zone, r.network) for n, r in records.items()}
@@ -240,20 +254,16 @@ class Hub(hub_pb2_grpc.HubServicer):
             changes.carry(old, snapshot, delta)
         targets = changes.affected({} if old is None else self._reads, delta, snapshot)
         digests = {r.meta.key: self.digest(r) for r in snapshot.resources.all()}
+        trust_changed = self._configure_trust(snapshot.resources.trust)
         for name in sorted(targets):
             result = translate(snapshot, name)
             self.translations += 1
             self._reads[name] = result.reads
             self._translated[name] = result.problems
-            version, content = self._encoder.encode(result.intent)
-            self._remember(name, version, {k: digests[k] for k in result.applied}, result.problems)
-            current = self.intents.get(name)
-            if current is None or current.version != version:
-                self.intents[name] = Intent(version, content)
-                self.statuses[name].desired_version = version
-                self._status_changed()
-                if name in self.sessions:
-                    self.sessions[name].wake.set()
+            self._translated_intents[name] = result.intent
+            self._publish(name, {k: digests[k] for k in result.applied}, result.problems)
+        if trust_changed:
+            self._retrust(skip=targets)
         if self._encoder.size() > 2 * self._encoder_kept + 1024:
             # the encoder caches bytes by object; keep those of objects the memo still holds
             self._encoder.retain(v for entries in snapshot.memo.get("scoped", {}).values() for v in entries.values())
@@ -272,10 +282,90 @@ class Hub(hub_pb2_grpc.HubServicer):
             self.problems = new
             self._save_problems()
 
+    def _publish(self, name: str, carried: dict[str, str] | None = None,
+                 problems: tuple[Problem, ...] | None = None) -> None:
+        """Encode a cluster's intent (its translation plus the mesh's trust) and wake its stream if it changed."""
+        intent = dataclasses.replace(self._translated_intents[name], trust=self.trust.intent())
+        version, content = self._encoder.encode(intent)
+        if carried is None:  # only the trust section moved: the policies carried are those of the last version
+            versions = self.included.get(name, {})
+            carried = next(reversed(versions.values())) if versions else {}
+        self._remember(name, version, carried, self._translated.get(name, ()) if problems is None else problems)
+        current = self.intents.get(name)
+        if current is None or current.version != version:
+            self.intents[name] = Intent(version, content)
+            self.statuses[name].desired_version = version
+            self._status_changed()
+            if name in self.sessions:
+                self.sessions[name].wake.set()
+
+    def _retrust(self, skip: Iterable[str] = ()) -> None:
+        """The trust section changed: publish every cluster's intent again, without translating."""
+        skipped = set(skip)
+        for name in sorted(self._translated_intents):
+            if name not in skipped:
+                self._publish(name)
+        self._status_changed()
+
+    # trust ------------------------------------------------------------------------------------
+    def _configure_trust(self, policies: tuple[TrustPolicy, ...]) -> bool:
+        """Take the TrustPolicy in effect when it changed, and every `trust_refresh` s (a supplied root may move)."""
+        now = time.monotonic()
+        if policies == self._trust_policies and now - self._trust_configured < self.settings.trust_refresh:
+            return False
+        self._trust_policies, self._trust_configured = policies, now
+        changed = self.trust.configure(policies)
+        return self._trust_step() or changed
+
+    def _trust_step(self) -> bool:
+        """Advance a root rotation as far as reports allow; True if the clusters' trust target moved."""
+        changed = self.trust.step(set(self.clusters), set(self.sessions))
+        if self._trust_timer is not None:
+            self._trust_timer.cancel()
+            self._trust_timer = None
+        if self.trust.next_at is not None and self._loop is not None:
+            delay = max(0.0, self.trust.next_at - time.time())
+            self._trust_timer = self._loop.call_later(delay, self._trust_tick)
+        self._save_trust_status()
+        return changed
+
+    def _trust_tick(self) -> None:
+        """A grace period ended (timer), or a report or request arrived: step and publish what moved."""
+        self._trust_timer = None
+        if not self._stopped and self._trust_step():
+            self._retrust()
+
+    def _trust_request(self) -> None:
+        """Run a `meshfleet certs rotate-root|rollback` the CLI queued in hub.db, and record its outcome."""
+        request = self.registry.take_meta(REQUEST_KEY)
+        if request is None:
+            return
+        try:
+            message = self.trust.command(str(request.get("action")))
+            ok = True
+        except RotationError as exc:
+            message, ok = str(exc), False
+        log.log(logging.INFO if ok else logging.WARNING, "certs %s: %s", request.get("action"), message)
+        self.registry.set_meta(RESULT_KEY, {"id": request.get("id"), "ok": ok, "message": message})
+        self._retrust()
+        self._trust_tick()
+
+    def _save_trust_status(self) -> None:
+        doc = self.trust.status()
+        if doc != self._trust_status:
+            self._trust_status = doc
+            self.registry.set_meta(STATUS_KEY, doc)
+            self.status_epoch += 1
+
     def _status_changed(self) -> None:
         """Per-cluster facts moved: persist them soon, and let status writers know (`status_epoch`)."""
         self._dirty_status = True
         self.status_epoch += 1
+
+    @property
+    def ca_reports(self) -> Mapping[str, Any]:
+        """Per cluster, what its agent last reported of its plug-in CA (mgmt.rotation.CaFacts)."""
+        return self.trust.reports
 
     @property
     def concerned(self) -> Mapping[str, tuple[str, ...]]:
@@ -340,7 +430,14 @@ class Hub(hub_pb2_grpc.HubServicer):
         while True:
             await asyncio.sleep(self.settings.poll_interval)
             try:
+                self._trust_request()
                 changed = self.refresh_clusters()
+                if changed:
+                    self.trust.forget(set(self.clusters))
+                if self._configure_trust(self.source.resources.trust if self.source else ()):
+                    self._retrust()
+                else:
+                    self._trust_tick()  # connections come and go: who holds a rotation is re-stated
                 source = self.source
                 if source is not None and await asyncio.to_thread(source.scan):
                     self._save_problems()
@@ -555,6 +652,14 @@ class Hub(hub_pb2_grpc.HubServicer):
                       msg.nack.error, delay)
         elif kind == "discovery":
             self._discovery(cluster, msg.discovery)
+        elif kind == "csr":
+            signed = self.trust.sign(cluster, msg.csr)
+            session.outbox.append(hub_pb2.HubMessage(certificate=signed.message))
+            self._save_trust_status()
+        elif kind == "ca":
+            if self.trust.report(cluster, msg.ca):
+                self._status_changed()
+                self._trust_tick()
         elif kind == "hello":
             raise StreamRefused(grpc.StatusCode.INVALID_ARGUMENT, "hello sent twice on one stream")
         session.wake.set()
@@ -598,6 +703,8 @@ class Hub(hub_pb2_grpc.HubServicer):
             if now - session.last_received > s.stream_timeout:
                 raise StreamRefused(grpc.StatusCode.DEADLINE_EXCEEDED,
                                     f"watchdog: no message from the agent for {s.stream_timeout:.0f} s")
+            while session.outbox:
+                await self._write(context, session.outbox.pop(0))
             intent = self._push_due(session)
             if intent is not None:
                 session.in_flight = intent.version

@@ -36,6 +36,8 @@ class HubSettings:
     """How often the policy directory and the cluster registry are checked for changes."""
     status_flush_interval: float = 0.5
     """Status (heartbeats, ACKs) is written to hub.db at most this often."""
+    trust_refresh: float = 30.0
+    """How often the TrustPolicy is taken again although it did not change (a supplied root's Secret may have)."""
     client_cert_days: int = 365
     """Validity of the client certificates Register issues."""
 

@@ -13,6 +13,7 @@ cluster it concerns Applied).
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -120,3 +121,72 @@ def same_status(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> boo
         conditions = [{k: v for k, v in c.items() if k != "lastTransitionTime"} for c in status.get("conditions", [])]
         return {**status, "conditions": conditions}
     return bool(strip(a) == strip(b))
+
+
+def _rfc3339(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def trust_status(previous: Mapping[str, Any] | None, generation: int, ref: str, errors: Sequence[str],
+                 trust: Mapping[str, Any], now: str) -> dict[str, Any]:
+    """The status body of TrustPolicy `ref` from the hub's mesh CA document (mgmt.trust.TrustManager.status).
+
+    Per cluster that reported its CA: `Applied` (it holds the target bundle and an intermediate
+    from the signing root), `Rejected` (its agent cannot get there: the message says why) or
+    `Accepted` (on its way; the message says what it waits for). Conditions: `Accepted` (valid and
+    in effect, not superseded by an older TrustPolicy), `RootReady` (the hub holds a usable root),
+    `Rotating` (a rotation is under way: the phase and who holds it) and `Ready` (in effect, a
+    root, every cluster Applied).
+    """
+    old = list((previous or {}).get("conditions") or [])
+    if errors:
+        return {"observedGeneration": generation, "conditions": [
+            condition(old, "Accepted", False, "Invalid", "; ".join(errors), generation, now),
+            condition(old, "Ready", False, "Invalid", "the resource is not valid", generation, now)]}
+    if trust.get("policy") != ref:
+        why = (f"{trust['policy']} is in effect: one TrustPolicy per fleet, the oldest wins" if trust.get("policy")
+               else "the hub has not taken it in yet")
+        return {"observedGeneration": generation, "conditions": [
+            condition(old, "Accepted", False, "Superseded", why, generation, now),
+            condition(old, "Ready", False, "Superseded", why, generation, now)]}
+    problems = list(trust.get("problems") or [])
+    waiting: Mapping[str, str] = trust.get("waiting") or {}
+    clusters = []
+    for name, c in sorted((trust.get("clusters") or {}).items()):
+        state = "Applied" if c.get("confirms") else "Rejected" if c.get("error") else "Accepted"
+        message = c.get("error") or ("" if state == "Applied" else waiting.get(name, "on its way to the target"))
+        item: dict[str, Any] = {"cluster": name, "state": state, "message": message[:32768]}
+        if c.get("intermediate") and c.get("not_after"):
+            item["intermediateExpiry"] = _rfc3339(float(c["not_after"]))
+        clusters.append(item)
+    phase = trust.get("phase") or "Idle"
+    rejected = [c for c in clusters if c["state"] == "Rejected"]
+    pending = [c for c in clusters if c["state"] == "Accepted"]
+    rotating = phase != "Idle"
+    if rotating:
+        rotation_message = (f"phase {phase}; waiting for " + "; ".join(f"{k}: {v}" for k, v in sorted(waiting.items()))
+                            if waiting else f"phase {phase}; every cluster is at the target, the grace period runs")
+    else:
+        rotation_message = "no rotation under way"
+    if not trust.get("activeRoot"):
+        ready = condition(old, "Ready", False, "NoRoot", "; ".join(problems) or "no root yet", generation, now)
+    elif rejected:
+        ready = condition(old, "Ready", False, "Rejected",
+                          "; ".join(f"{c['cluster']}: {c['message']}" for c in rejected), generation, now)
+    elif pending:
+        ready = condition(old, "Ready", False, "Pending",
+                          "waiting for " + ", ".join(c["cluster"] for c in pending), generation, now)
+    else:
+        ready = condition(old, "Ready", True, "Applied", f"{len(clusters)} cluster(s) hold the trust bundle",
+                          generation, now)
+    conditions = [
+        condition(old, "Accepted", True, "InEffect", "", generation, now),
+        condition(old, "RootReady", not problems and bool(trust.get("activeRoot")),
+                  "Problems" if problems else "RootReady", "; ".join(problems), generation, now),
+        condition(old, "Rotating", rotating, phase if rotating else "Idle", rotation_message, generation, now),
+        ready,
+    ]
+    return {"observedGeneration": generation, "phase": phase,
+            "roots": [{"fingerprint": r["fingerprint"], "state": r["state"], "notAfter": r["notAfter"]}
+                      for r in trust.get("roots") or []],
+            "conditions": conditions, "clusters": clusters}

@@ -19,8 +19,9 @@ from kubernetes.client.exceptions import ApiException
 
 from meshfleet.kubeclients import api_message
 from mgmt.kubewatching import GROUP, PLURALS, VERSION, KubePolicySource
+from mgmt.model import cr_ref
 from mgmt.serving import Hub
-from mgmt.statuses import cluster_states, policy_status, same_status
+from mgmt.statuses import cluster_states, policy_status, same_status, trust_status
 
 log = logging.getLogger(__name__)
 
@@ -56,19 +57,23 @@ class PolicyStatusWriter:
         resources = {r.meta.key: r for r in self.source.resources.all()}
         errors: dict[str, list[str]] = {}
         for e in self.source.errors:
-            kind, _, where = e.file.partition(" ")
-            errors.setdefault(f"{kind}/{where}", []).append(e.message)
+            errors.setdefault(e.file, []).append(e.message)  # e.file is the resource's ref (cr_ref)
         facts, now = self.hub.facts(), self.now()
+        trust = self.hub.trust.status()
         out = {}
         for (kind, ns, name), obj in (self.source.objects() if objects is None else objects).items():
-            key = f"{kind}/{ns}/{name}"
+            key, ref = f"{kind}/{ns}/{name}", cr_ref(kind, ns, name)
             generation = int(obj["metadata"].get("generation") or 0)
+            if kind == "TrustPolicy":
+                out[(kind, ns, name)] = (obj, trust_status(obj.get("status"), generation, ref, errors.get(ref, []),
+                                                           trust, now))
+                continue
             resource = resources.get(key)
-            if resource is None and key not in errors:
+            if resource is None and ref not in errors:
                 continue  # the source has not taken this version of the resource in yet
             states = [] if resource is None else cluster_states(
                 key, self.hub.digest(resource), self.hub.concerned.get(key, ()), facts)
-            out[(kind, ns, name)] = (obj, policy_status(obj.get("status"), generation, errors.get(key, []), states,
+            out[(kind, ns, name)] = (obj, policy_status(obj.get("status"), generation, errors.get(ref, []), states,
                                                         now, self.hub.resource_problems.get(key, [])))
         return out
 
@@ -91,9 +96,14 @@ class PolicyStatusWriter:
             if written is not None and same_status(written[0], status) and written[1] == live_rv:
                 continue  # our write is not in the watch cache yet
             try:
-                await asyncio.to_thread(
-                    self.custom.patch_namespaced_custom_object_status, GROUP, VERSION, ns, PLURALS[kind], name,
-                    {"status": status}, _content_type="application/merge-patch+json")
+                if ns:
+                    await asyncio.to_thread(
+                        self.custom.patch_namespaced_custom_object_status, GROUP, VERSION, ns, PLURALS[kind], name,
+                        {"status": status}, _content_type="application/merge-patch+json")
+                else:  # a cluster-scoped kind (TrustPolicy)
+                    await asyncio.to_thread(
+                        self.custom.patch_cluster_custom_object_status, GROUP, VERSION, PLURALS[kind], name,
+                        {"status": status}, _content_type="application/merge-patch+json")
             except ApiException as exc:
                 if exc.status != 404:  # deleted meanwhile: nothing to report on
                     log.warning("status of %s %s/%s not written: %s", kind, ns, name, api_message(exc))

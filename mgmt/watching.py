@@ -1,7 +1,7 @@
 """The directory policy source: every *.yaml / *.yml below a directory, re-read when it changes.
 
 Files hold the same documents as the custom resources (MulticlusterService,
-TrafficPolicy, FailoverPolicy, AccessPolicy), any number per file.
+TrafficPolicy, FailoverPolicy, AccessPolicy, TrustPolicy), any number per file.
 A file that fails to parse keeps contributing its last good resources, and its
 error (file:line) is reported until it is fixed; a deleted file's resources go.
 The last good text of every file is exposed (`last_good`) so the hub can persist
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from mgmt.model import Resource, Resources
+from mgmt.model import AnyResource, Resources
 from mgmt.policies import PolicyError, parse_file
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class _FileState:
     digest: str
-    good: list[Resource] = field(default_factory=list)
+    good: list[AnyResource] = field(default_factory=list)
     errors: list[PolicyError] = field(default_factory=list)
     good_text: str | None = None
 
@@ -117,7 +117,7 @@ class DirectoryPolicySource:
 
     def _merge(self) -> bool:
         """Combine the files' resources; a kind/namespace/name given twice keeps the copy of the first file."""
-        by_key: dict[str, Resource] = {}
+        by_key: dict[str, AnyResource] = {}
         errors: list[PolicyError] = []
         for path in sorted(self._files):
             state = self._files[path]

@@ -378,6 +378,19 @@ def with_status(kind: str, name: str, *changes: tuple[str, Any]) -> dict[str, An
 
 MC, MCS, TP, FP, AP, TRUST = "MeshCluster", "MulticlusterService", "TrafficPolicy", "FailoverPolicy", \
     "AccessPolicy", "TrustPolicy"
+ROOT_FILES = {"certificate": "/etc/meshfleet/root/ca.crt", "key": "/etc/meshfleet/root/ca.key"}
+
+
+@pytest.mark.parametrize("root", [
+    pytest.param({"generate": {}}, id="generate-with-defaults"),
+    pytest.param({"secretRef": {"name": "mesh-root-ca", "namespace": "meshfleet-system"}}, id="secret-ref"),
+    pytest.param({"files": ROOT_FILES}, id="files"),
+])
+def test_each_root_alternative_is_accepted(root: dict[str, Any]) -> None:
+    # a supplied root has no generate.validity: an intermediate ttl beyond the default validity is no mistake then
+    ttl = "2160h" if "generate" in root else "100000h"
+    doc = edited(TRUST, "mesh", ("spec.root", root), ("spec.intermediate.ttl", ttl))
+    assert [str(e) for e in schemas().validate(doc)] == []
 CANARY = (TP, "reviews-canary")
 DEFAULT_RULE = "spec.http[3]"  # reviews-canary's last rule: weighted route, timeout, retries, mirror
 
@@ -538,7 +551,24 @@ MISTAKES = [
     pytest.param(edited(TRUST, "mesh", ("metadata.namespace", "istio-system")),
                  "metadata.namespace: Forbidden: not allowed on this type", id="trust-namespaced"),
     pytest.param(edited(TRUST, "mesh", ("spec.root.secretRef", {"name": "root-ca", "namespace": "meshfleet"})),
-                 "exactly one of root.generate and root.secretRef must be set", id="trust-generate-and-secret"),
+                 "exactly one of root.generate, root.secretRef and root.files must be set",
+                 id="trust-generate-and-secret"),
+    pytest.param(edited(TRUST, "mesh", ("spec.root.files", ROOT_FILES)),
+                 "spec.root: Invalid value: \"object\": exactly one of root.generate, root.secretRef and root.files "
+                 "must be set", id="trust-generate-and-files"),
+    pytest.param(edited(TRUST, "mesh", ("spec.root.files", ROOT_FILES), ("spec.root.generate", DELETE),
+                        ("spec.root.secretRef", {"name": "root-ca", "namespace": "meshfleet"})),
+                 "exactly one of root.generate, root.secretRef and root.files must be set",
+                 id="trust-secret-and-files"),
+    pytest.param(edited(TRUST, "mesh", ("spec.root", {})),
+                 "exactly one of root.generate, root.secretRef and root.files must be set", id="trust-no-root"),
+    pytest.param(edited(TRUST, "mesh", ("spec.root", {"files": {**ROOT_FILES, "key": "root/ca.key"}})),
+                 "spec.root.files.key: Invalid value: \"root/ca.key\": spec.root.files.key in body should match '^/'",
+                 id="trust-files-relative-path"),
+    pytest.param(edited(TRUST, "mesh", ("spec.root", {"files": {"certificate": ROOT_FILES["certificate"]}})),
+                 "spec.root.files.key: Required value", id="trust-files-without-key"),
+    pytest.param(edited(TRUST, "mesh", ("spec.root", {"files": {**ROOT_FILES, "certificate": "/" + "c" * 4096}})),
+                 "spec.root.files.certificate: Too long: may not be more than 4096", id="trust-files-path-too-long"),
     pytest.param(edited(TRUST, "mesh", ("spec.root.secretRef", {"name": "root-ca"}), ("spec.root.generate", DELETE)),
                  "spec.root.secretRef.namespace: Required value", id="trust-secret-without-namespace"),
     pytest.param(edited(TRUST, "mesh", ("spec.root.generate.algorithm", "RSA-2048")),

@@ -1,4 +1,5 @@
-"""The hub's CR source against a fake API server: list+watch, 410 recovery, every kind, and policies reaching agents."""
+"""The hub's CR source against a fake API server: list+watch, 410 recovery, every kind (the cluster-scoped
+TrustPolicy too), and policies reaching agents."""
 
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ from kubernetes.client import CustomObjectsApi
 from meshfleet.crdschemas import CRDSchemas
 from meshfleet.demo import EXAMPLES, Fleet, demo_clusters
 from mgmt.kubewatching import PLURALS, KubePolicySource, ResourceWatch, WatchSettings
-from mgmt.model import FailoverPolicy, Resources
-from mgmt.policies import KINDS
+from mgmt.model import FailoverPolicy, Resources, TrustPolicy
+from mgmt.policies import CLUSTER_SCOPED, KINDS
 from mgmt.statuswriting import PolicyStatusWriter
 from tests.fakekube import FakeKube
 from tests.fleets import run, until
@@ -43,20 +44,28 @@ def hub_cluster() -> Iterator[FakeKube]:
 
 
 def apply(kube: FakeKube, obj: dict[str, Any]) -> None:
+    """kubectl apply: at /apis/<group>/<version>/<plural>/<name> for a cluster-scoped kind, else in its namespace."""
+    plural, name = PLURALS[obj["kind"]], obj["metadata"]["name"]
+    options: dict[str, Any] = {"field_manager": "kubectl", "force": True,
+                               "_content_type": "application/apply-patch+yaml"}
     with kube.api_client() as api:
-        CustomObjectsApi(api).patch_namespaced_custom_object(
-            "meshfleet.io", "v1alpha1", obj["metadata"]["namespace"], PLURALS[obj["kind"]], obj["metadata"]["name"],
-            obj, field_manager="kubectl", force=True, _content_type="application/apply-patch+yaml")
+        custom = CustomObjectsApi(api)
+        if obj["kind"] in CLUSTER_SCOPED:
+            custom.patch_cluster_custom_object("meshfleet.io", "v1alpha1", plural, name, obj, **options)
+        else:
+            custom.patch_namespaced_custom_object("meshfleet.io", "v1alpha1", obj["metadata"]["namespace"], plural,
+                                                  name, obj, **options)
 
 
 def example_resources() -> list[dict[str, Any]]:
-    """Every policy-kind document of examples/crs (MeshCluster and TrustPolicy are not policies)."""
+    """Every document of examples/crs the source watches (MeshClusters are the registry's, not policies)."""
     return [d for p in sorted((EXAMPLES / "crs").glob("*.yaml")) for d in yaml.safe_load_all(p.read_text())
             if d["kind"] in KINDS]
 
 
 def counts(resources: Resources) -> list[int]:
-    return [len(resources.services), len(resources.traffic), len(resources.failover), len(resources.access)]
+    return [len(resources.services), len(resources.traffic), len(resources.failover), len(resources.access),
+            len(resources.trust)]
 
 
 @pytest.fixture
@@ -131,8 +140,9 @@ def test_every_kind_appears_in_resources_and_a_deleted_one_disappears(
     wait(lambda: source.synced() and changes.is_set())
     assert source.scan()
     assert source.errors == ()
-    assert counts(source.resources) == [4, 2, 2, 5]
-    assert set(source.objects()) == {(d["kind"], "bookinfo", d["metadata"]["name"]) for d in example_resources()}
+    assert counts(source.resources) == [4, 2, 2, 5, 1]
+    assert set(source.objects()) == {(d["kind"], d["metadata"].get("namespace", ""), d["metadata"]["name"])
+                                     for d in example_resources()}
     canary = next(t for t in source.resources.traffic if t.meta.name == "reviews-canary")
     live = hub_cluster.get("meshfleet.io/v1alpha1", "TrafficPolicy", "reviews-canary", "bookinfo")
     assert live is not None
@@ -141,10 +151,12 @@ def test_every_kind_appears_in_resources_and_a_deleted_one_disappears(
 
     hub_cluster.delete("meshfleet.io/v1alpha1", "MulticlusterService", "ratings", "bookinfo")
     hub_cluster.delete("meshfleet.io/v1alpha1", "AccessPolicy", "deny-sandbox", "bookinfo")
+    hub_cluster.delete("meshfleet.io/v1alpha1", "TrustPolicy", "mesh")
     wait(lambda: ("AccessPolicy", "bookinfo", "deny-sandbox") not in source.objects()
-         and ("MulticlusterService", "bookinfo", "ratings") not in source.objects())
+         and ("MulticlusterService", "bookinfo", "ratings") not in source.objects()
+         and ("TrustPolicy", "", "mesh") not in source.objects())
     assert source.scan()
-    assert counts(source.resources) == [3, 2, 2, 4]
+    assert counts(source.resources) == [3, 2, 2, 4, 0]
     assert "ratings" not in [s.meta.name for s in source.resources.services]
     assert "deny-sandbox" not in [a.meta.name for a in source.resources.access]
 
@@ -169,14 +181,14 @@ def test_a_semantic_error_reaches_errors_and_its_fix_reaches_resources(
     source.start()
     wait(source.synced)
     source.scan()
-    assert counts(source.resources) == [0, 1, 0, 0]
+    assert counts(source.resources) == [0, 1, 0, 0, 0]
     [error] = source.errors
     assert (error.file, error.line) == ("MulticlusterService bookinfo/reviews", 0)
     assert error.message.startswith("spec.backends.clusterSelector.matchLabels: label key 'not a key'")
 
     apply(hub_cluster, {**mcs, "spec": {"backends": {"clusterSelector": {"matchLabels": {"env": "prod"}}}}})
     wait(lambda: source.scan() and not source.errors)
-    assert counts(source.resources) == [1, 1, 0, 0]
+    assert counts(source.resources) == [1, 1, 0, 0, 0]
 
 
 def test_nothing_is_published_until_every_kind_is_listed(hub_cluster: FakeKube, source: KubePolicySource) -> None:
@@ -195,7 +207,7 @@ def test_nothing_is_published_until_every_kind_is_listed(hub_cluster: FakeKube, 
     late.start()
     wait(source.synced)
     assert source.scan() is True
-    assert counts(source.resources) == [4, 2, 2, 5]
+    assert counts(source.resources) == [4, 2, 2, 5, 1]
 
 
 def test_a_kind_that_cannot_be_listed_is_reported(hub_cluster: FakeKube) -> None:
@@ -220,6 +232,7 @@ def test_a_kind_that_cannot_be_listed_is_reported(hub_cluster: FakeKube) -> None
 
 def test_the_source_watches_every_policy_kind_and_checks_what_it_is_given(hub_cluster: FakeKube) -> None:
     assert tuple(PLURALS) == KINDS
+    assert PLURALS["TrustPolicy"] == "trustpolicies"
     with hub_cluster.api_client() as api:
         source = KubePolicySource.for_api(api)
         assert {k: w.plural for k, w in source.watches.items()} == PLURALS
@@ -227,7 +240,7 @@ def test_the_source_watches_every_policy_kind_and_checks_what_it_is_given(hub_cl
         source.on_change = lambda: nudged.append("x")
         for w in source.watches.values():
             w.on_change()
-        assert nudged == ["x"] * 4
+        assert nudged == ["x"] * len(PLURALS)
         assert source.last_good() == {}
         with pytest.raises(ValueError, match="a TrafficPolicy watch must watch trafficpolicies, not accesspolicies"):
             KubePolicySource({"TrafficPolicy": ResourceWatch(api, "accesspolicies", lambda: None)})
@@ -241,7 +254,7 @@ def test_stop_ends_every_watch_together(hub_cluster: FakeKube, source: KubePolic
         w.settings = slow
     source.start()
     wait(source.synced)
-    hub_cluster.wait_for_watches(4)
+    hub_cluster.wait_for_watches(len(source.watches))
     started = time.monotonic()
     source.stop(timeout=10)
     assert not any(w._thread.is_alive() for w in source.watches.values())
@@ -279,6 +292,49 @@ def test_examples_policies_are_valid_resources(hub_cluster: FakeKube) -> None:
         for doc in yaml.safe_load_all(path.read_text()):
             apply(hub_cluster, doc)
     assert len(hub_cluster.objects("meshfleet.io/v1alpha1", "TrafficPolicy")) == 3
+    assert [o["metadata"]["name"] for o in hub_cluster.objects("meshfleet.io/v1alpha1", "TrustPolicy")] == ["mesh"]
+
+
+def trust_policy(name: str, **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "meshfleet.io/v1alpha1", "kind": "TrustPolicy", "metadata": {"name": name},
+            "spec": {"root": {"generate": {}}, **spec}}
+
+
+def test_trust_policies_are_listed_and_watched_cluster_wide(hub_cluster: FakeKube, source: KubePolicySource) -> None:
+    apply(hub_cluster, trust_policy("mesh", rotation={"gracePeriod": "1h"}))
+    source.start()
+    wait(source.synced)
+    assert source.scan()
+    [mesh] = source.resources.trust
+    live = hub_cluster.get("meshfleet.io/v1alpha1", "TrustPolicy", "mesh")
+    assert live is not None
+    assert mesh == TrustPolicy(mesh.meta, grace_period=3600.0)  # every other field the CRD's default
+    assert (mesh.meta.namespace, mesh.meta.source, mesh.meta.created, mesh.meta.generation) == (
+        "", "TrustPolicy mesh", live["metadata"]["creationTimestamp"], 1)
+    assert source.resources.all() == ()  # translation does not read trust
+    # a cluster-scoped kind is listed and watched at /apis/<group>/<version>/<plural>, in no namespace
+    assert hub_cluster.wait_for_watches(len(source.watches))
+    reads = [r for r in hub_cluster.requests if r.resource == "trustpolicies" and r.verb in ("list", "watch")]
+    assert {r.verb for r in reads} == {"list", "watch"}
+    assert {(r.path, r.namespace) for r in reads} == {("/apis/meshfleet.io/v1alpha1/trustpolicies", None)}
+
+    # a second one is no error here (the trust manager reports it); one the hub refuses is reported by name
+    apply(hub_cluster, trust_policy("backup", root={"files": {"certificate": "/etc/root/ca.crt",
+                                                              "key": "/etc/root/ca.key"}}))
+    # the CRD's ttl-vs-validity rule needs the API server's defaulting, which the fake lacks: put bypasses it
+    hub_cluster.put(trust_policy("broken", intermediate={"ttl": "100000h"}))
+    wait(lambda: source.scan() and len(source.resources.trust) == 2 and len(source.errors) == 1)
+    assert [t.meta.name for t in source.resources.trust] == ["backup", "mesh"]
+    assert [str(e) for e in source.errors] == [
+        "TrustPolicy broken:0: spec.intermediate.ttl: intermediate.ttl must be shorter than root.generate.validity"
+        " (100000h is not shorter than 87600h)"]
+
+    apply(hub_cluster, trust_policy("mesh", rotation={"gracePeriod": "2h"}))
+    wait(lambda: source.scan() and source.resources.trust[1].grace_period == 7200.0)
+    assert source.resources.trust[1].meta.generation == 2
+    for name in ("backup", "broken"):
+        hub_cluster.delete("meshfleet.io/v1alpha1", "TrustPolicy", name)
+    wait(lambda: source.scan() and len(source.resources.trust) == 1 and not source.errors)
 
 
 def test_status_shows_every_cluster_applied_a_nack_and_an_invalid_resource(

@@ -40,6 +40,7 @@ from mgmt.meshclusters import (
 from mgmt.meshclusters import meshcluster_status as status_of
 from mgmt.model import Discovery
 from mgmt.registry import ORIGIN_CLI, ORIGIN_MESHCLUSTER, ClusterRecord, ClusterStatus, Registry
+from mgmt.rotation import CaFacts
 from tests.fakekube import DEFAULT_KINDS, FakeKube
 
 if TYPE_CHECKING:
@@ -256,15 +257,16 @@ BASE = status_of(None, 1, "east", ClusterView(rec("east"), ClusterStatus("east",
     pytest.param(BASE, beat(BASE, "2023-11-14T22:14:25Z"), T0 + 65, True, id="newer-heartbeat-live-stale"),
     pytest.param({k: v for k, v in BASE.items() if k != "lastHeartbeat"}, BASE, T0, True, id="first-heartbeat"),
     pytest.param(None, BASE, T0, True, id="no-status-yet"),
-    pytest.param({**BASE, "clusters": [], "intermediateCertificateExpiry": "2024-01-01T00:00:00Z"}, BASE, T0, False,
-                 id="fields-owned-by-others-ignored"),
+    pytest.param({**BASE, "clusters": []}, BASE, T0, False, id="fields-owned-by-others-ignored"),
+    pytest.param({**BASE, "intermediateCertificateExpiry": "2024-01-01T00:00:00Z"}, BASE, T0, True,
+                 id="intermediate-expiry-no-longer-reported"),
 ])
 def test_needs_write(live: dict[str, Any] | None, desired: dict[str, Any], now: float, write: bool) -> None:
     assert needs_write(live, desired, now, heartbeat_refresh=60.0) is write
 
 
 def test_status_patch_nulls_what_this_writer_no_longer_sets_and_nothing_else() -> None:
-    live = {**BASE, "lastNack": {"version": B, "message": "x"}, "intermediateCertificateExpiry": "2024-01-01T00:00:00Z"}
+    live = {**BASE, "lastNack": {"version": B, "message": "x"}, "clusters": []}
     patch = status_patch(live, BASE)
     assert patch == {**BASE, "lastNack": None}
 
@@ -366,6 +368,7 @@ class StandInHub:
     registry: Registry
     statuses: dict[str, ClusterStatus] = field(default_factory=dict)
     discovery: dict[str, Discovery] = field(default_factory=dict)
+    ca_reports: dict[str, CaFacts] = field(default_factory=dict)
 
 
 def test_status_is_written_once_and_again_only_when_the_cluster_changes(kube: FakeKube, registry: Registry) -> None:

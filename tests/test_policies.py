@@ -14,10 +14,12 @@ from kubernetes.client import CustomObjectsApi
 
 from meshfleet.crdschemas import CRDSchemas
 from meshfleet.intents import AccessOperation, Fault, Mirror, OutlierDetection, Port, RequestMatch, Retries, StringMatch
+from meshfleet.pki import ALGORITHMS
 from mgmt.kubewatching import GROUP, PLURALS, VERSION
 from mgmt.model import (
     AccessFrom,
     AccessPolicy,
+    AnyResource,
     ClusterSelector,
     Destination,
     FailoverPolicy,
@@ -25,11 +27,21 @@ from mgmt.model import (
     Meta,
     MulticlusterService,
     Requirement,
-    Resource,
+    Resources,
     RouteTarget,
     TrafficPolicy,
+    TrustPolicy,
+    cr_ref,
 )
-from mgmt.policies import KINDS, PolicyError, duration_seconds, parse_file, parse_resource
+from mgmt.policies import (
+    CLUSTER_SCOPED,
+    KEY_ALGORITHMS,
+    KINDS,
+    PolicyError,
+    duration_seconds,
+    parse_file,
+    parse_resource,
+)
 from tests import test_crds
 from tests.fakekube import FakeKube
 
@@ -200,11 +212,63 @@ spec:
 """
 
 
+TRUST = """\
+apiVersion: meshfleet.io/v1alpha1
+kind: TrustPolicy
+metadata:
+  name: mesh
+  labels: {team: platform}
+spec:
+  trustDomain: mesh.example.com
+  root:
+    generate:
+      algorithm: EC-P384
+      validity: 43800h
+  intermediate:
+    ttl: 720h
+    renewBefore: 30
+    pathLength: 1
+  rotation:
+    gracePeriod: 1h30m
+    restartIstiod: true
+"""
+
+# a supplied root: no validity of its own, so an intermediate TTL beyond the default validity is fine
+TRUST_SECRET = """\
+apiVersion: meshfleet.io/v1alpha1
+kind: TrustPolicy
+metadata:
+  name: corporate
+spec:
+  root:
+    secretRef:
+      namespace: meshfleet-system
+      name: mesh-root-ca
+  intermediate:
+    ttl: 100000h
+"""
+
+TRUST_FILES = """\
+apiVersion: meshfleet.io/v1alpha1
+kind: TrustPolicy
+metadata:
+  name: on-disk
+spec:
+  root:
+    files:
+      certificate: /etc/meshfleet/root/ca.crt
+      key: /etc/meshfleet/root/ca.key
+  rotation:
+    gracePeriod: 0s
+"""
+
+
 def meta(kind: str, name: str, source: str = "") -> Meta:
-    return Meta(kind, "bookinfo", name, source)
+    return Meta(kind, "" if kind in CLUSTER_SCOPED else "bookinfo", name, source)
 
 
-EXPECTED: dict[str, Resource] = {
+HOUR = 3600.0
+EXPECTED: dict[str, AnyResource] = {
     "simple-traffic-policy": TrafficPolicy(
         meta("TrafficPolicy", "reviews-split"), Destination(service="reviews"),
         (HttpRule("default", (RouteTarget("us-east-1", 80), RouteTarget("eu-west-1", 20))),), None, simple=True),
@@ -238,12 +302,22 @@ EXPECTED: dict[str, Resource] = {
          AccessFrom(namespaces=("sandbox",))),
         (AccessOperation((8080, 9080), ("GET", "POST"), ("/health", "/ratings/*")), AccessOperation(paths=("*.png",))),
         "PERMISSIVE"),
+    "trust-policy": TrustPolicy(
+        meta("TrustPolicy", "mesh"), "mesh.example.com", "EC-P384", 43800 * HOUR, None, None, True, 720 * HOUR, 30, 1,
+        1.5 * HOUR, True),
+    "trust-policy-secret": TrustPolicy(
+        meta("TrustPolicy", "corporate"), secret_ref=("meshfleet-system", "mesh-root-ca"), generate=False,
+        intermediate_ttl=100000 * HOUR),
+    "trust-policy-files": TrustPolicy(
+        meta("TrustPolicy", "on-disk"), files=("/etc/meshfleet/root/ca.crt", "/etc/meshfleet/root/ca.key"),
+        generate=False, grace_period=0.0),
 }
 DOCUMENTS = {"simple-traffic-policy": SIMPLE_TP, "multicluster-service": MCS, "traffic-policy": TP,
-             "failover-policy": FP, "access-policy": AP}
+             "failover-policy": FP, "access-policy": AP, "trust-policy": TRUST, "trust-policy-secret": TRUST_SECRET,
+             "trust-policy-files": TRUST_FILES}
 
 
-def bare(resource: Resource) -> Resource:
+def bare(resource: AnyResource) -> AnyResource:
     """The resource without where it came from (what a file and a CR of the same text share)."""
     m = resource.meta
     return dataclasses.replace(resource, meta=Meta(m.kind, m.namespace, m.name))
@@ -280,12 +354,13 @@ def test_every_kind_in_one_file_each_with_its_line() -> None:
     assert errors == []
     starts = [i for i, line in enumerate(text.splitlines(), start=1) if line.startswith("apiVersion:")]
     assert [r.meta.source for r in resources] == [f"{FILE}:{n}" for n in starts]
-    assert [(r.meta.created, r.meta.generation) for r in resources] == [("", 0)] * 6
+    assert [(r.meta.created, r.meta.generation) for r in resources] == [("", 0)] * (len(DOCUMENTS) + 1)
     assert [bare(r) for r in resources[1:]] == list(EXPECTED.values())
 
 
 EXAMPLE_COUNTS = {"multiclusterservices.yaml": 4, "trafficpolicies.yaml": 2, "failoverpolicies.yaml": 2,
-                  "accesspolicies.yaml": 5, "details-split.yaml": 2, "reviews-split.yaml": 1}
+                  "accesspolicies.yaml": 5, "trustpolicy.yaml": 1, "details-split.yaml": 2, "reviews-split.yaml": 1,
+                  "trust.yaml": 1}
 
 
 @pytest.mark.parametrize("name", list(EXAMPLE_COUNTS))
@@ -298,8 +373,8 @@ def test_example_files_parse(name: str) -> None:
 
 
 def test_examples_mean_what_their_comments_say() -> None:
-    def parsed(name: str) -> dict[str, Resource]:
-        resources, errors = parse_file((ROOT / "examples" / "crs" / name).read_text(), name)
+    def parsed(name: str, directory: str = "crs") -> dict[str, AnyResource]:
+        resources, errors = parse_file((ROOT / "examples" / directory / name).read_text(), name)
         assert errors == []
         return {r.meta.name: bare(r) for r in resources}
 
@@ -323,12 +398,16 @@ def test_examples_mean_what_their_comments_say() -> None:
     sandbox = parsed("accesspolicies.yaml")["deny-sandbox"]
     assert sandbox == AccessPolicy(meta("AccessPolicy", "deny-sandbox"), Destination(all=True), "DENY",
                                    (AccessFrom(namespaces=("sandbox",)),), (), "STRICT")
+    # ten-year EC P-256 root, 90-day intermediates renewed with a fifth left, phases held a day
+    assert parsed("trustpolicy.yaml")["mesh"] == TrustPolicy(meta("TrustPolicy", "mesh"))
+    # the demo's: the same root, 30-day intermediates, phases held an hour
+    assert parsed("trust.yaml", "policies")["mesh"] == TrustPolicy(
+        meta("TrustPolicy", "mesh"), intermediate_ttl=720 * HOUR, grace_period=HOUR)
 
 
 @pytest.mark.parametrize(("name", "message"), [
     pytest.param("meshclusters.yaml", "MeshCluster is not a policy: clusters are added with `meshfleet cluster add`",
                  id="meshcluster"),
-    pytest.param("trustpolicy.yaml", "TrustPolicy is not read from policy files", id="trustpolicy"),
 ])
 def test_kinds_that_are_not_policies_are_refused_by_name(name: str, message: str) -> None:
     text = (ROOT / "examples" / "crs" / name).read_text()
@@ -371,11 +450,22 @@ MINIMAL = {
     "access-policy": ("AccessPolicy", "ap", "destination: {multiclusterService: reviews}",
                       AccessPolicy(meta("AccessPolicy", "ap"), Destination(multicluster_service="reviews"), "ALLOW",
                                    (), (), "STRICT")),
+    "trust-policy": ("TrustPolicy", "mesh", "root: {generate: {}}",
+                     TrustPolicy(meta("TrustPolicy", "mesh"), "cluster.local", "EC-P256", 87600 * HOUR, None, None,
+                                 True, 2160 * HOUR, 20, 0, 24 * HOUR, False)),
+    "trust-policy-partial": ("TrustPolicy", "mesh", "root: {generate: {algorithm: RSA-4096}}\n"
+                             "  intermediate: {pathLength: 2}\n  rotation: {restartIstiod: true}",
+                             TrustPolicy(meta("TrustPolicy", "mesh"), algorithm="RSA-4096", path_length=2,
+                                         restart_istiod=True)),
+    "trust-policy-secret": ("TrustPolicy", "mesh", "root: {secretRef: {namespace: meshfleet-system, name: root-ca}}",
+                            TrustPolicy(meta("TrustPolicy", "mesh"), secret_ref=("meshfleet-system", "root-ca"),
+                                        generate=False)),
 }
 
 
 def minimal(kind: str, name: str, spec: str) -> str:
-    return (f"apiVersion: meshfleet.io/v1alpha1\nkind: {kind}\nmetadata: {{name: {name}, namespace: bookinfo}}\n"
+    namespace = "" if kind in CLUSTER_SCOPED else ", namespace: bookinfo"
+    return (f"apiVersion: meshfleet.io/v1alpha1\nkind: {kind}\nmetadata: {{name: {name}{namespace}}}\n"
             f"spec:\n  {spec}\n")
 
 
@@ -454,7 +544,8 @@ BAD_DOCUMENTS = [
     bad(SIMPLE_TP, "apiVersion: meshfleet.io/v1alpha1\nkind: TrafficPolicy", f"kind: TrafficPolicy  {MARK}",
         "apiVersion must be meshfleet.io/v1alpha1, got None", "missing-api-version"),
     bad(SIMPLE_TP, "kind: TrafficPolicy", f"kind: RoutePolicy  {MARK}",
-        "unsupported kind 'RoutePolicy' (supported: MulticlusterService, TrafficPolicy, FailoverPolicy, AccessPolicy)",
+        "unsupported kind 'RoutePolicy' (supported: MulticlusterService, TrafficPolicy, FailoverPolicy, AccessPolicy,"
+        " TrustPolicy)",
         "unsupported-kind"),
     bad(SIMPLE_TP, "kind: TrafficPolicy", f"kind: MeshCluster  {MARK}", "MeshCluster is not a policy",
         "meshcluster-kind"),
@@ -656,6 +747,62 @@ BAD_DOCUMENTS = [
         f"  from: []  {MARK}\n", "spec.from must be a non-empty list", "ap-empty-from"),
 ]
 BAD_DOCUMENTS += [
+    # TrustPolicy
+    bad(TRUST, "  labels: {team: platform}", f"  namespace: istio-system  {MARK}",
+        "metadata.namespace: a TrustPolicy is cluster-scoped: remove the namespace ('istio-system')",
+        "trust-namespaced"),
+    bad(TRUST, "  root:\n    generate:\n", "  root:\n    secretRef: {namespace: meshfleet-system, name: root-ca}\n"
+        f"    generate:  {MARK}\n",  # the second alternative given is the one too many
+        "spec.root: exactly one of generate, secretRef and files must be set (secretRef and generate are)",
+        "trust-secret-and-generate"),
+    bad(TRUST_SECRET, "      name: mesh-root-ca\n", f"      name: mesh-root-ca\n    files:  {MARK}\n"
+        "      certificate: /etc/meshfleet/root/ca.crt\n      key: /etc/meshfleet/root/ca.key\n",
+        "spec.root: exactly one of generate, secretRef and files must be set (secretRef and files are)",
+        "trust-secret-and-files"),
+    bad(TRUST_FILES, "  root:\n    files:\n      certificate: /etc/meshfleet/root/ca.crt\n"
+        "      key: /etc/meshfleet/root/ca.key\n", f"  root: {{}}  {MARK}\n",
+        "spec.root: exactly one of generate, secretRef and files must be set", "trust-no-root"),
+    bad(TRUST, "spec:\n  trustDomain: mesh.example.com\n  root:\n    generate:\n      algorithm: EC-P384\n"
+        "      validity: 43800h\n", f"spec:  {MARK}\n  trustDomain: mesh.example.com\n",
+        "spec.root: required field missing", "trust-root-missing"),
+    bad(TRUST, "      algorithm: EC-P384", f"      algorithm: RSA-2048  {MARK}",
+        "spec.root.generate.algorithm: must be one of EC-P256, EC-P384, RSA-4096, got 'RSA-2048'",
+        "trust-bad-algorithm"),
+    bad(TRUST, "    ttl: 720h", f"    ttl: 43800h  {MARK}",
+        "spec.intermediate.ttl: intermediate.ttl must be shorter than root.generate.validity (43800h is not"
+        " shorter than 43800h)", "trust-ttl-as-long-as-root"),
+    bad(TRUST, "    ttl: 720h", f"    ttl: 50000h  {MARK}",
+        "intermediate.ttl must be shorter than root.generate.validity", "trust-ttl-beyond-root"),
+    bad(TRUST, "    ttl: 720h", f"    ttl: 30d  {MARK}", "spec.intermediate.ttl: '30d' is not a duration",
+        "trust-ttl-in-days"),
+    bad(TRUST, "    ttl: 720h", f"    ttl: 30m  {MARK}", "spec.intermediate.ttl: must be at least 1h, got 30m",
+        "trust-ttl-30m"),
+    bad(TRUST, "      validity: 43800h", f"      validity: 12h  {MARK}",
+        "spec.root.generate.validity: must be at least 24h, got 12h", "trust-validity-12h"),
+    bad(TRUST, "    gracePeriod: 1h30m", f"    gracePeriod: a day  {MARK}",
+        "spec.rotation.gracePeriod: 'a day' is not a duration", "trust-bad-grace-period"),
+    bad(TRUST, "    pathLength: 1", f"    pathLength: 4  {MARK}", "spec.intermediate.pathLength: must be an integer"
+        " 0-3, got 4", "trust-path-length-4"),
+    bad(TRUST, "    renewBefore: 30", f"    renewBefore: 0  {MARK}",
+        "spec.intermediate.renewBefore: must be an integer 1-90, got 0", "trust-renew-before-0"),
+    bad(TRUST_FILES, "      key: /etc/meshfleet/root/ca.key", f"      key: root/ca.key  {MARK}",
+        "spec.root.files.key: must be an absolute path, got 'root/ca.key'", "trust-relative-key-path"),
+    bad(TRUST_FILES, "      certificate: /etc/meshfleet/root/ca.crt\n", f"      certificate: ./ca.crt  {MARK}\n",
+        "spec.root.files.certificate: must be an absolute path, got './ca.crt'", "trust-relative-certificate-path"),
+    bad(TRUST_FILES, "    files:\n      certificate: /etc/meshfleet/root/ca.crt\n"
+                     "      key: /etc/meshfleet/root/ca.key\n",
+        f"    files:  {MARK}\n      certificate: /etc/meshfleet/root/ca.crt\n",
+        "spec.root.files.key: required field missing", "trust-files-without-key"),
+    bad(TRUST_SECRET, "      namespace: meshfleet-system", f"      namespace: Meshfleet  {MARK}",
+        "spec.root.secretRef.namespace: 'Meshfleet' is not a DNS-1123 label", "trust-bad-secret-namespace"),
+    bad(TRUST, "  trustDomain: mesh.example.com", f"  trustDomain: Mesh.Example  {MARK}",
+        "spec.trustDomain: 'Mesh.Example' is not a DNS-1123 subdomain", "trust-bad-domain"),
+    bad(TRUST, "    restartIstiod: true", f"    restartIstiod: yes please  {MARK}",
+        "spec.rotation.restartIstiod: must be true or false, got 'yes please'", "trust-restart-string"),
+    bad(TRUST, "    gracePeriod: 1h30m", f"    grace: 1h  {MARK}", "unknown field 'spec.rotation.grace'",
+        "trust-rotation-typo"),
+]
+BAD_DOCUMENTS += [
     bad(MCS, "    clusterSelector:", f"    clusterSelectors:  {MARK}", "unknown field 'spec.backends.clusterSelectors'",
         "mcs-selector-typo"),
     pytest.param(variant(FP, "    mode: Explicit\n    clusters: [us-east-1, ap-south-1]",
@@ -765,10 +912,14 @@ def kube() -> Iterator[FakeKube]:
 
 def create(kube: FakeKube, doc: dict[str, Any]) -> dict[str, Any]:
     """Create `doc` through the API (validated against the CRDs) and read it back as a watcher would see it."""
+    namespace = doc["metadata"].get("namespace")
     with kube.api_client() as api:
-        CustomObjectsApi(api).create_namespaced_custom_object(GROUP, VERSION, doc["metadata"]["namespace"],
-                                                              PLURALS[doc["kind"]], doc)
-    obj = kube.get(doc["apiVersion"], doc["kind"], doc["metadata"]["name"], doc["metadata"]["namespace"])
+        custom = CustomObjectsApi(api)
+        if doc["kind"] in CLUSTER_SCOPED:
+            custom.create_cluster_custom_object(GROUP, VERSION, PLURALS[doc["kind"]], doc)
+        else:
+            custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURALS[doc["kind"]], doc)
+    obj = kube.get(doc["apiVersion"], doc["kind"], doc["metadata"]["name"], namespace)
     assert obj is not None
     return obj
 
@@ -791,7 +942,8 @@ def test_a_custom_resource_means_what_the_same_file_text_means(kube: FakeKube, t
     assert bare(from_cr) == bare(from_file)
     m = from_cr.meta
     assert (m.source, m.created, m.generation) == (
-        f"{m.kind} bookinfo/{m.name}", obj["metadata"]["creationTimestamp"], obj["metadata"]["generation"])
+        m.ref, obj["metadata"]["creationTimestamp"], obj["metadata"]["generation"])
+    assert m.ref == (f"{m.kind} {m.name}" if m.kind in CLUSTER_SCOPED else f"{m.kind} bookinfo/{m.name}")
     assert m.created and m.generation == 1
 
 
@@ -805,11 +957,49 @@ def test_a_custom_resource_with_status_and_server_metadata_parses(kube: FakeKube
 @pytest.mark.parametrize(("obj", "message"), [
     pytest.param(yaml.safe_load(variant(TP, "          weight: 100", "          weight: 90")),
                  r"^spec.http\[1\].route: weights add up to 90, not 100$", id="field-path"),
-    pytest.param(yaml.safe_load((ROOT / "examples" / "crs" / "trustpolicy.yaml").read_text()),
-                 "TrustPolicy is not read from policy files", id="trust-policy"),
+    pytest.param({**yaml.safe_load(TRUST), "metadata": {"name": "mesh", "namespace": "istio-system"}},
+                 r"^metadata.namespace: a TrustPolicy is cluster-scoped: remove the namespace \('istio-system'\)$",
+                 id="trust-policy-with-namespace"),
+    pytest.param(yaml.safe_load(variant(TRUST_FILES, "      key: /etc/meshfleet/root/ca.key", "      key: ca.key")),
+                 r"^spec.root.files.key: must be an absolute path, got 'ca.key'$", id="trust-policy-relative-key"),
     pytest.param({**yaml.safe_load(AP), "kind": "AuthorizationPolicy"}, "unsupported kind 'AuthorizationPolicy'",
                  id="other-kind"),
 ])
 def test_parse_resource_raises_value_error_naming_the_field(obj: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         parse_resource(obj)
+
+
+# ------------------------------------------------------------------------------------ TrustPolicy
+
+
+def test_key_algorithms_are_the_crds_and_the_pkis() -> None:
+    generate = crd_schema("TrustPolicy")["properties"]["spec"]["properties"]["root"]["properties"]["generate"]
+    assert KEY_ALGORITHMS == ALGORITHMS == tuple(generate["properties"]["algorithm"]["enum"])
+
+
+def test_trust_policies_are_kept_apart_from_what_translation_reads() -> None:
+    text = FIRST + TRUST + "---\n" + TRUST_FILES
+    resources, errors = parse_file(text, FILE)
+    assert errors == []  # two TrustPolicies are no parse error: the hub's trust manager says which one it uses
+    grouped = Resources.of(resources)
+    assert [t.meta.name for t in grouped.trust] == ["mesh", "on-disk"]
+    assert [r.meta.kind for r in grouped.all()] == ["TrafficPolicy"]
+    assert grouped != Resources.of(resources[:2])  # a TrustPolicy change is a change of the resources
+    assert [t.meta.source for t in grouped.trust] == [f"{FILE}:14", f"{FILE}:33"]
+    assert grouped.trust[0].meta.ref == "TrustPolicy mesh" and grouped.trust[0].key == "TrustPolicy//mesh"
+
+
+@pytest.mark.parametrize("alternatives", [
+    pytest.param({"generate": False}, id="none"),
+    pytest.param({"secret_ref": ("meshfleet-system", "root-ca")}, id="generate-and-secret"),
+    pytest.param({"generate": False, "secret_ref": ("a", "b"), "files": ("/c", "/k")}, id="secret-and-files"),
+])
+def test_a_trust_policy_model_has_exactly_one_root(alternatives: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="exactly one of generate, secret_ref and files"):
+        TrustPolicy(meta("TrustPolicy", "mesh"), **alternatives)
+
+
+def test_cr_ref_names_cluster_scoped_resources_without_a_namespace() -> None:
+    assert cr_ref("TrustPolicy", "", "mesh") == cr_ref("TrustPolicy", None, "mesh") == "TrustPolicy mesh"
+    assert cr_ref("TrafficPolicy", "bookinfo", "split") == "TrafficPolicy bookinfo/split"
