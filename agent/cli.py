@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from agent.applying import KubernetesSink
+from agent.cacerts import SecretCaStore
 from agent.discovering import ClusterDiscovery
 from agent.identity import IdentityError
 from agent.kubeapi import Rest
@@ -33,6 +34,9 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     embedded = p.add_argument_group("embedded mode (no Kubernetes): both")
     embedded.add_argument("--inventory", type=Path, help="YAML file of this cluster's services")
     embedded.add_argument("--output", type=Path, help="directory the manifests are written to")
+    embedded.add_argument("--cacerts-dir", type=Path,
+                          help="where Istio's plug-in CA files go (default: STATE_DIR/cacerts; keep it out of the "
+                               "output directory, since ca-key.pem is a private key)")
     kube = p.add_argument_group("Kubernetes mode: one of")
     kube.add_argument("--kubeconfig", type=Path, help="kubeconfig of the cluster this agent serves")
     kube.add_argument("--in-cluster", action="store_true", help="use the pod's service account")
@@ -57,12 +61,13 @@ def run_agent(args: argparse.Namespace) -> int:
             return 2
     settings = AgentSettings(hub=args.hub, hub_bootstrap=args.hub_bootstrap, cluster=args.cluster,
                              token=token, state_dir=args.state_dir, inventory=args.inventory,
-                             output=args.output, cluster_domain=args.cluster_domain,
+                             output=args.output, cacerts_dir=args.cacerts_dir, cluster_domain=args.cluster_domain,
                              heartbeat_interval=args.heartbeat_interval,
                              stream_timeout=4 * args.heartbeat_interval,
                              poll_interval=args.discovery_interval if kube_mode else 1.0)
     sink: KubernetesSink | None = None
     discovery: ClusterDiscovery | None = None
+    ca_store: SecretCaStore | None = None
     if kube_mode:
         try:
             rest = Rest(kubernetes_client(args.kubeconfig, args.in_cluster))
@@ -70,9 +75,10 @@ def run_agent(args: argparse.Namespace) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         sink, discovery = KubernetesSink(rest, args.cluster), ClusterDiscovery(rest)
+        ca_store = SecretCaStore(rest, args.cluster)  # istio-system/cacerts
 
     async def main() -> None:
-        agent = Agent(settings, sink=sink, discovery=discovery)
+        agent = Agent(settings, sink=sink, discovery=discovery, ca_store=ca_store)
         task = asyncio.create_task(agent.run())
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -26,6 +26,7 @@ import yaml
 from agent.settings import AgentSettings
 from agent.syncing import Agent
 from mgmt.enrollment import add_cluster
+from mgmt.roots import RootStore
 from mgmt.serving import Hub
 from mgmt.settings import HubSettings
 from mgmt.status import table
@@ -74,15 +75,18 @@ class Fleet:
 
     def __init__(self, workdir: Path, clusters: list[DemoCluster], policies: Path | None,
                  heartbeat: float = 1.0, grace: float = 5.0, agent_class: type[Agent] = Agent,
-                 poll: float = 0.2, source: PolicySource | None = None) -> None:
+                 poll: float = 0.2, source: PolicySource | None = None, roots: RootStore | None = None,
+                 kube_api: Any = None) -> None:
         """`poll`: how often the hub checks its policies and agents their inventories (seconds);
-        `source` replaces the policy directory (e.g. a CR watch)."""
+        `source` replaces the policy directory (e.g. a CR watch); `roots` and `kube_api` are the hub's
+        root store and API client in Kubernetes mode."""
         self.workdir = workdir
         self.clusters = clusters
         self.hub = Hub(HubSettings(state_dir=workdir / "hub", listen="127.0.0.1:0",
                                    bootstrap_listen="127.0.0.1:0", policies_dir=policies,
                                    heartbeat_interval=heartbeat, liveness_grace=grace,
-                                   stream_timeout=4 * heartbeat, poll_interval=poll), source=source)
+                                   stream_timeout=4 * heartbeat, poll_interval=poll), source=source,
+                       roots=roots, kube_api=kube_api)
         self.heartbeat = heartbeat
         self.poll = poll
         self.agent_class = agent_class

@@ -22,6 +22,7 @@ from mgmt.enrollment import IssuedToken, add_cluster, issue_token
 from mgmt.kubewatching import KubePolicySource
 from mgmt.meshclusters import MeshClusterManager
 from mgmt.registry import ORIGIN_MESHCLUSTER, Registry, RegistryError
+from mgmt.roots import SecretRootStore
 from mgmt.serving import Hub
 from mgmt.settings import HubSettings
 from mgmt.statuswriting import PolicyStatusWriter
@@ -38,6 +39,8 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     hub.add_argument("--policies", type=Path, help="directory of policy YAML files (embedded mode)")
     hub.add_argument("--kubeconfig", type=Path, help="watch the meshfleet custom resources in this cluster")
     hub.add_argument("--in-cluster", action="store_true", help="watch custom resources with the pod's account")
+    hub.add_argument("--namespace", help="Kubernetes mode: the hub's namespace, where generated root CAs are kept as "
+                     "Secrets (default: the pod's namespace in-cluster, else meshfleet-system)")
     hub.add_argument("--advertise-host", action="append", default=[],
                      help="extra DNS name or IP agents use to reach the hub (repeatable)")
     hub.add_argument("--heartbeat-interval", type=float, default=5.0, help="seconds (default %(default)s)")
@@ -230,6 +233,14 @@ def certs_request(args: argparse.Namespace) -> int:
         registry.close()
 
 
+def hub_namespace(in_cluster: bool) -> str:
+    """The pod's namespace when running in a cluster, else meshfleet-system."""
+    path = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+    if in_cluster and path.exists():
+        return path.read_text().strip()
+    return "meshfleet-system"
+
+
 def run_hub(args: argparse.Namespace) -> int:
     settings = HubSettings(state_dir=args.state_dir, listen=args.listen, bootstrap_listen=args.bootstrap_listen,
                            policies_dir=args.policies, advertise_hosts=tuple(args.advertise_host),
@@ -238,6 +249,7 @@ def run_hub(args: argparse.Namespace) -> int:
 
     source: KubePolicySource | None = None
     api: ApiClient | None = None
+    roots: SecretRootStore | None = None
     if args.kubeconfig or args.in_cluster:
         if args.policies:
             print("error: give --policies (embedded mode) or --kubeconfig / --in-cluster, not both", file=sys.stderr)
@@ -248,9 +260,10 @@ def run_hub(args: argparse.Namespace) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         source = KubePolicySource.for_api(api)
+        roots = SecretRootStore(api, args.namespace or hub_namespace(args.in_cluster))
 
     async def main() -> None:
-        hub = Hub(settings, source=source)
+        hub = Hub(settings, source=source, roots=roots, kube_api=api)
         await hub.start()
         # what start-up loaded lives as long as the process: keep it out of the collector's full
         # passes, which otherwise add tens of ms to a translation now and then (bench/convergence.py)

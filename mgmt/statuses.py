@@ -154,7 +154,8 @@ def trust_status(previous: Mapping[str, Any] | None, generation: int, ref: str, 
     clusters = []
     for name, c in sorted((trust.get("clusters") or {}).items()):
         state = "Applied" if c.get("confirms") else "Rejected" if c.get("error") else "Accepted"
-        message = c.get("error") or ("" if state == "Applied" else waiting.get(name, "on its way to the target"))
+        message = c.get("error") or (waiting.get(name, "on its way to the target") if state == "Accepted"
+                                     else "; ".join(c.get("warnings") or []))  # Istio settings to check
         item: dict[str, Any] = {"cluster": name, "state": state, "message": message[:32768]}
         if c.get("intermediate") and c.get("not_after"):
             item["intermediateExpiry"] = _rfc3339(float(c["not_after"]))
