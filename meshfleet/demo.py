@@ -25,6 +25,7 @@ import yaml
 
 from agent.settings import AgentSettings
 from agent.syncing import Agent
+from mgmt import rotation
 from mgmt.enrollment import add_cluster
 from mgmt.roots import RootStore
 from mgmt.serving import Hub
@@ -149,13 +150,20 @@ class Fleet:
                 return False
         return True
 
+    def ca_ready(self) -> bool:
+        """Every cluster holds the trust bundle and an intermediate from the signing root (True without TrustPolicy)."""
+        trust = self.hub.trust
+        if trust.intent() is None or trust.state is None:
+            return True
+        return all(rotation.confirms(trust.state, trust.reports.get(c.name)) is None for c in self.clusters)
+
     async def wait_converged(self, within: float) -> bool:
         deadline = time.monotonic() + within
         while time.monotonic() < deadline:
             for name, task in self.tasks.items():
                 if task.done() and not task.cancelled() and task.exception():
                     raise RuntimeError(f"agent {name} stopped: {task.exception()}")
-            if self.converged():
+            if self.converged() and self.ca_ready():
                 return True
             await asyncio.sleep(0.05)
         return False
@@ -206,6 +214,10 @@ async def _demo(args: argparse.Namespace, workdir: Path) -> int:
                   file=sys.stderr)
             return 1
         print(f"\nconverged: {len(fleet.clusters)} clusters ACKed their current intent in {elapsed:.2f} s")
+        trust = fleet.hub.trust
+        if trust.intent() is not None and trust.state is not None and trust.policy is not None:
+            print(f"mesh CA ({trust.policy.meta.ref}): root {trust.state.active[:16]} ({trust.policy.algorithm}); "
+                  f"{trust.signed} intermediate CA(s) signed from CSRs, each key made by its agent")
         for p in fleet.hub.problems:
             print(f"policy {p.policy}: {p.message}")
         sample = fleet.output(fleet.clusters[-1].name) / "bookinfo" / "virtualservice-reviews-global.yaml"
@@ -214,6 +226,9 @@ async def _demo(args: argparse.Namespace, workdir: Path) -> int:
             print(sample.read_text().rstrip())
         kept = "" if args.workdir or args.keep else "  (removed at exit: pass --keep or --workdir to keep them)"
         print(f"\nmanifests: {workdir / 'clusters'}/<cluster>/{kept}\npolicies:  {policies}")
+        if trust.intent() is not None:
+            print(f"cacerts:   {workdir / 'agents'}/<cluster>/cacerts/ (Istio's plug-in CA files; see "
+                  f"`meshfleet certs status --state-dir {workdir / 'hub'}`)")
         return 0
     finally:
         await fleet.stop()

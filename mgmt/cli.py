@@ -26,7 +26,7 @@ from mgmt.roots import SecretRootStore
 from mgmt.serving import Hub
 from mgmt.settings import HubSettings
 from mgmt.statuswriting import PolicyStatusWriter
-from mgmt.trust import REQUEST_KEY, RESULT_KEY, ROLLBACK, ROTATE, STATUS_KEY
+from mgmt.trust import REQUEST_KEY, REQUEST_TTL, RESULT_KEY, ROLLBACK, ROTATE, STATUS_KEY
 
 log = logging.getLogger("meshfleet.hub")
 
@@ -227,7 +227,8 @@ def certs_request(args: argparse.Namespace) -> int:
                 return 0 if result["ok"] else 1
             time.sleep(0.1)
         print(f"error: the hub has not taken the request within {args.wait:g} s (is it running?); it stays queued "
-              "and runs when the hub next polls", file=sys.stderr)
+              f"for {REQUEST_TTL:.0f} s and runs if a hub polls meanwhile (see `meshfleet certs status`)",
+              file=sys.stderr)
         return 3
     finally:
         registry.close()

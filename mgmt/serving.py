@@ -42,7 +42,7 @@ from mgmt.statuses import ClusterFacts, resource_digest
 from mgmt.tokens import TokenRejected
 from mgmt.topology import concerned
 from mgmt.translate import Problem, resource_problems, translate
-from mgmt.trust import REQUEST_KEY, RESULT_KEY, STATUS_KEY, TrustManager
+from mgmt.trust import REQUEST_KEY, REQUEST_TTL, RESULT_KEY, STATUS_KEY, TrustManager
 from mgmt.watching import DirectoryPolicySource, PolicySource
 
 log = logging.getLogger(__name__)
@@ -340,7 +340,11 @@ class Hub(hub_pb2_grpc.HubServicer):
         request = self.registry.take_meta(REQUEST_KEY)
         if request is None:
             return
+        age = time.time() - float(request.get("at") or 0)
         try:
+            if age > REQUEST_TTL:
+                raise RotationError(f"the request was queued {age:.0f} s ago while no hub ran; not acted on "
+                                    f"(requests expire after {REQUEST_TTL:.0f} s): run the command again")
             message = self.trust.command(str(request.get("action")))
             ok = True
         except RotationError as exc:

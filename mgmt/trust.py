@@ -34,6 +34,8 @@ ROTATE = "rotate-root"
 ROLLBACK = "rollback"
 ACTIONS = (ROTATE, ROLLBACK)
 REQUEST_KEY = "trust_request"
+REQUEST_TTL = 600.0
+"""A certs request the hub did not take within this many seconds (no hub running) is dropped, not acted on."""
 RESULT_KEY = "trust_request_result"
 STATUS_KEY = "trust_status"
 _STATE_KEY = "trust_state"

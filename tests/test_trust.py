@@ -12,6 +12,7 @@ import asyncio
 import base64
 import dataclasses
 import datetime as dt
+import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +24,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from agent.cacerts import CA_CERT, CA_KEY, CERT_CHAIN, PENDING_KEY, ROOT_CERT
 from meshfleet import pki
+from meshfleet.cli import main
 from meshfleet.demo import EXAMPLES, Fleet, demo_clusters
 from meshfleet.intents import PROTOCOL_VERSION
 from meshfleet.v1 import hub_pb2, hub_pb2_grpc
@@ -30,7 +32,7 @@ from mgmt import rotation
 from mgmt.registry import Registry
 from mgmt.roots import FileRootStore
 from mgmt.serving import Session
-from mgmt.trust import ROLLBACK, ROTATE, TrustManager
+from mgmt.trust import ROLLBACK, ROTATE, STATUS_KEY, TrustManager
 from tests.fleets import EOF, agent_channel, mode, run, until
 from tests.meshtls import TestCA, Workload, handshake_matrix, issue_workload, spiffe_id
 
@@ -418,3 +420,50 @@ def test_without_a_trust_policy_no_ca_is_managed(tmp_path: Path) -> None:
         finally:
             await fleet.stop()
     run(scenario())
+
+
+def test_certs_commands_drive_the_running_hub(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    state = str(tmp_path / "hub")
+
+    async def scenario() -> None:
+        fleet = make(tmp_path)
+        await started(fleet)
+        try:
+            loop = asyncio.get_running_loop()
+
+            def cli(*args: str) -> int:
+                return main(["certs", *args, "--state-dir", state, "--wait", "10"])
+            assert await loop.run_in_executor(None, cli, "rollback") == 1
+            assert "rollback is possible in phases AddingRoot and ReissuingIntermediates" in capsys.readouterr().err
+            assert await loop.run_in_executor(None, cli, "rotate-root") == 0
+            assert "root rotation started" in capsys.readouterr().out
+            assert fleet.hub.trust.state is not None and fleet.hub.trust.state.phase == rotation.ADDING_ROOT
+            await until(lambda: at_target(fleet), 20, "AddingRoot target")
+            await asyncio.sleep(fleet.hub.settings.poll_interval * 2)  # the status document follows at the next poll
+            assert main(["certs", "status", "--state-dir", state]) == 0
+            text = capsys.readouterr().out
+            assert "phase: AddingRoot" in text and "Incoming" in text and "grace period ends in" in text
+            assert main(["certs", "status", "--state-dir", state, "-o", "json"]) == 0
+            doc = json.loads(capsys.readouterr().out)
+            assert set(doc["clusters"]) == {c.name for c in fleet.clusters}
+            assert all(c["confirms"] for c in doc["clusters"].values())
+            assert await loop.run_in_executor(None, cli, "rotate-root") == 1
+            assert "already under way" in capsys.readouterr().err
+            assert await loop.run_in_executor(None, cli, "rollback") == 0
+            assert "rollback started" in capsys.readouterr().out
+        finally:
+            await fleet.stop()
+    run(scenario())
+    # no hub running: the request is queued, and the command says so with exit code 3
+    registry = Registry(tmp_path / "hub")
+    try:
+        registry.set_meta(STATUS_KEY, {**registry.get_meta(STATUS_KEY), "phase": rotation.IDLE})
+    finally:
+        registry.close()
+    capsys.readouterr()
+    assert main(["certs", "rotate-root", "--state-dir", state, "--wait", "0.2"]) == 3
+    assert "is it running?" in capsys.readouterr().err
+    assert main(["certs", "rotate-root", "--state-dir", state, "--wait", "0.2"]) == 1
+    assert "another certs request is queued" in capsys.readouterr().err
+    assert main(["certs", "status", "--state-dir", str(tmp_path / "nowhere")]) == 1
+    assert "no hub state" in capsys.readouterr().err
