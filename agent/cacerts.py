@@ -380,6 +380,10 @@ class CaKeeper:
         self._sent: _Sent | None = None
         self._reconcile_error = ""  # from the last reconcile; replaced by each
         self._issue_error = ""  # from the last answer; cleared once an intermediate is installed or not needed
+        # istiod has not been restarted since cacerts changed (restartIstiod): the cluster is not at its target
+        # until it is, since an istiod that does not reload keeps serving the old material
+        self._restart_error = ""
+        self._restart_due = False
         self._warnings: tuple[dt.datetime, list[str]] | None = None
 
     @property
@@ -421,6 +425,8 @@ class CaKeeper:
                 # be trusted everywhere before any intermediate it issues is used.
                 self.store.write(replace(material, root_cert=bundle))
                 log.info("%s: trust bundle updated to %d root(s), intermediate kept", self.store.describe, len(roots))
+                self._restart_due = trust.restart_istiod
+            self._restart_if_due(trust)
             why = renewal.reason if renewal.due else ""
         if not why:
             self._sent, self._issue_error = None, ""
@@ -528,18 +534,30 @@ class CaKeeper:
                  cert.not_valid_after_utc.isoformat())
         self._sent, self._issue_error, self._warnings = None, "", None  # a new Secret may change the warnings
         self.pending_key_path.unlink(missing_ok=True)
-        if trust.restart_istiod:
-            try:
-                self.store.restart_istiod()
-            except CaStoreError as exc:
-                # Installed all the same; the error stays until the next install, as istiod may still run the old CA.
-                self._issue_error = f"the new intermediate is in {self.store.describe}, but {exc}"
-                log.warning("%s", self._issue_error)
+        self._restart_due = trust.restart_istiod
+        self._restart_if_due(trust)
+
+    def _restart_if_due(self, trust: TrustIntent) -> None:
+        """Restart istiod after cacerts changed, if the policy asks; a failure keeps the cluster off target."""
+        if not (self._restart_due and trust.restart_istiod):
+            self._restart_due, self._restart_error = False, ""
+            return
+        try:
+            self.store.restart_istiod()
+        except CaStoreError as exc:
+            # cacerts is written all the same; retried on every reconcile, and the cluster does not confirm the
+            # target meanwhile, since an istiod that does not reload may still serve the old material
+            why = f"cacerts is up to date in {self.store.describe}, but {exc}"
+            if why != self._restart_error:
+                log.warning("%s", why)
+            self._restart_error = why
+            return
+        self._restart_due, self._restart_error = False, ""
 
     # report -----------------------------------------------------------------------------------
     def report(self) -> hub_pb2.CaReport:
         """What the store holds now, the last error and Istio's warnings; never key material (never raises)."""
-        out = hub_pb2.CaReport(error=self._reconcile_error or self._issue_error)
+        out = hub_pb2.CaReport(error=self._reconcile_error or self._issue_error or self._restart_error)
         try:
             material = self.store.read()
         except CaStoreError as exc:

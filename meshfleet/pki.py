@@ -163,10 +163,12 @@ def renewal_time(cert: x509.Certificate, renew_before_percent: int, jitter: floa
     """When `cert` is renewed: once `renew_before_percent` of its life remains, give or take a quarter of that.
 
     `jitter` in [0, 1) is drawn once per certificate, so clusters issued together renew apart
-    (for the default 20 %, anywhere between 25 % and 15 % of the life left).
+    (for the default 20 %, anywhere between 25 % and 15 % of the life left; never more than 90 %).
     """
     life = cert.not_valid_after_utc - cert.not_valid_before_utc
-    share = renew_before_percent / 100 * (0.75 + 0.5 * jitter)
+    # capped: with renewBefore near its maximum (90) the jitter would otherwise put renewal before the
+    # certificate's start, and every new intermediate would be due at once
+    share = min(0.9, renew_before_percent / 100 * (0.75 + 0.5 * jitter))
     return cert.not_valid_after_utc - life * share
 
 

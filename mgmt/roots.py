@@ -41,6 +41,10 @@ SECRET_KEY_PAIRS = (("tls.crt", "tls.key"), ("ca.crt", "ca.key"))
 _FINGERPRINT = re.compile(r"[0-9a-f]{64}")
 
 
+API_TIMEOUT = 10.0
+"""Seconds a request to the hub's API server may take: these calls run on the hub's event loop, so a hung
+API server must fail them (reported as a problem) rather than freeze every agent stream."""
+
 class RootStoreError(Exception):
     """Root material that cannot be stored, read or used; the message names the Secret or file and the problem."""
 
@@ -172,7 +176,7 @@ class SecretRootStore:
     def _read(self, name: str) -> Any | None:
         """The V1Secret, None if absent."""
         try:
-            return self.core.read_namespaced_secret(name, self.namespace)
+            return self.core.read_namespaced_secret(name, self.namespace, _request_timeout=API_TIMEOUT)
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -191,7 +195,7 @@ class SecretRootStore:
             data={"tls.crt": _b64(cert_pem(root.cert)), "tls.key": _b64(_key_of(root))},
         )
         try:
-            self.core.create_namespaced_secret(self.namespace, body)
+            self.core.create_namespaced_secret(self.namespace, body, _request_timeout=API_TIMEOUT)
             return
         except ApiException as exc:
             if exc.status != 409:
@@ -225,7 +229,8 @@ class SecretRootStore:
     def fingerprints(self) -> list[str]:
         try:
             listed = self.core.list_namespaced_secret(
-                self.namespace, label_selector=f"{MANAGED_BY}=meshfleet,{FINGERPRINT_LABEL}")
+                self.namespace, label_selector=f"{MANAGED_BY}=meshfleet,{FINGERPRINT_LABEL}",
+                _request_timeout=API_TIMEOUT)
         except ApiException as exc:
             raise RootStoreError(f"cannot list root Secrets in {self.namespace}: {api_message(exc)}") from exc
         except (urllib3.exceptions.HTTPError, OSError) as exc:
@@ -277,7 +282,7 @@ def _read_file(path: str, what: str) -> bytes:
 def _from_secret(api: ApiClient, namespace: str, name: str, now: dt.datetime) -> Root:
     where = f"Secret {namespace}/{name}"
     try:
-        secret = CoreV1Api(api).read_namespaced_secret(name, namespace)
+        secret = CoreV1Api(api).read_namespaced_secret(name, namespace, _request_timeout=API_TIMEOUT)
     except ApiException as exc:
         what = "not found" if exc.status == 404 else api_message(exc)
         raise RootStoreError(f"root {where}: {what}") from exc

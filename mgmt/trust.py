@@ -40,6 +40,7 @@ RESULT_KEY = "trust_request_result"
 STATUS_KEY = "trust_status"
 _STATE_KEY = "trust_state"
 _ROOTS_KEY = "trust_roots"
+_ABANDONED_KEY = "trust_abandoned"
 
 
 def _iso(ts: float) -> str:
@@ -75,7 +76,9 @@ class TrustManager:
         self.certs: dict[str, x509.Certificate] = {}
         for fp, pem in (registry.get_meta(_ROOTS_KEY) or {}).items():
             self.certs[fp] = load_certs(pem.encode(), f"root {fp[:12]} in hub.db")[0]
-        self._keys: dict[str, PrivateKey] = {}  # supplied roots' keys: in memory only, never copied to disk
+        self._keys: dict[str, PrivateKey] = {}
+        # roots a rollback abandoned: a supplied root still in its Secret must not be rotated to again at once
+        self._abandoned: set[str] = set(registry.get_meta(_ABANDONED_KEY) or [])
         self.reports: dict[str, CaFacts] = {c: CaFacts(**(d | _tuples(d))) for c, d in registry.ca_reports().items()}
         self.waiting: Mapping[str, str] = {}
         self.next_at: float | None = None
@@ -127,11 +130,17 @@ class TrustManager:
             return
         supplied = load_supplied(policy, self.api, dt.datetime.fromtimestamp(now, dt.UTC))
         fp = self._remember(supplied)
-        if supplied.key is not None:
+        if supplied.key is not None and fp not in self._keys:
+            # a copy in the hub's own root store (0600 file, or Secret in its namespace): a rotation away from
+            # this root still needs its key after the user's Secret or file moved on to the next one
+            self.store.save(supplied)
             self._keys[fp] = supplied.key
         if self.state is None:
             self._set_state(rotation.initial(fp, now), f"supplied root {fp[:12]} taken")
         elif fp not in self.state.roots:
+            if fp in self._abandoned:
+                raise RotationError(f"the supplied root {fp[:12]} was rolled back; the hub does not rotate to it "
+                                    "again: put another root in the TrustPolicy's Secret or files to rotate")
             if self.state.phase != rotation.IDLE:
                 raise RotationError(f"the supplied root changed to {fp[:12]} during a rotation; it is taken up once "
                                     f"the rotation ({self.state.phase}) ends")
@@ -195,13 +204,18 @@ class TrustManager:
                            else "the hub has no usable root: " + "; ".join(self.problems))
         policy = IssuancePolicy(p.trust_domain, dt.timedelta(seconds=p.intermediate_ttl), p.path_length)
         now = dt.datetime.fromtimestamp(self.clock(), dt.UTC)
+        # what is asked beyond the policy is capped by it anyway; clamping first keeps timedelta in range
+        asked = min(request.ttl_seconds, int(p.intermediate_ttl))
         try:
             csr = check_intermediate_csr(request.csr_pem, cluster, policy)
             root = self._root(s.active)
             cert = sign_intermediate(root, csr, cluster, policy, now,
-                                     dt.timedelta(seconds=request.ttl_seconds) if request.ttl_seconds > 0 else None)
+                                     dt.timedelta(seconds=asked) if asked > 0 else None)
         except CSRRefused as exc:
             return refused(str(exc))
+        except Exception as exc:  # e.g. a key of an algorithm the library cannot load: an answer, not a dead stream
+            log.exception("signing the intermediate of cluster %s failed", cluster)
+            return refused(f"the CSR could not be processed: {exc!r}")
         self.signed += 1
         log.info("signed the intermediate of cluster %s under root %s (valid until %s)", cluster, s.active[:12],
                  cert.not_valid_after_utc.isoformat())
@@ -250,6 +264,12 @@ class TrustManager:
         """Start a root rotation or roll one back; the message for the user. Raises RotationError."""
         if action not in ACTIONS:
             raise RotationError(f"unknown action {action!r} (one of {', '.join(ACTIONS)})")
+        try:
+            return self._command(action)
+        except (RootStoreError, PkiError) as exc:  # e.g. the new root's Secret cannot be created
+            raise RotationError(f"{action} failed: {exc}") from exc
+
+    def _command(self, action: str) -> str:
         p, s = self.policy, self.state
         if p is None or s is None:
             raise RotationError("no TrustPolicy is in effect on the hub")
@@ -265,6 +285,8 @@ class TrustManager:
             message = f"root rotation started: new root {fp[:12]}, phase {rotation.ADDING_ROOT}"
         else:
             back = rotation.rollback(s, now)
+            self._abandoned.add(back.outgoing)
+            self.registry.set_meta(_ABANDONED_KEY, sorted(self._abandoned))
             self._set_state(back, f"rollback to root {back.active[:12]} started")
             message = f"rollback started: back to root {back.active[:12]}, phase {back.phase}"
         self._rebuild()

@@ -601,3 +601,53 @@ def test_the_keeper_restarts_istiod_if_asked_and_refreshes_warnings_once_a_minut
     kube.put(istiod({"ISTIO_MULTIROOT_MESH": "true"}, restarted_at=clock.now.isoformat()))
     assert list(keyless(keeper.report()).warnings) == []
     assert deployment_reads() == 2
+
+
+# --------------------------------------------------------------------------- istiod restarts (restartIstiod)
+
+
+class FailingRestarts(Recording):
+    """A store whose istiod restarts fail until `ok` is set (e.g. RBAC forbids patching the Deployment)."""
+
+    ok = False
+
+    def restart_istiod(self) -> None:
+        self.restarts += 1
+        if not self.ok:
+            raise CaStoreError("cannot restart istiod: deployments.apps \"istiod\" is forbidden")
+
+
+def test_a_bundle_only_change_restarts_istiod_too(keeper: CaKeeper, store: Recording, root_a: certs.Root) -> None:
+    root_b = new_root("root B")
+    installed(keeper, trust_of(root_a, restart_istiod=True), root_a)
+    assert store.restarts == 1
+    # phase 1 of a rotation: only root-cert.pem changes, and an istiod that does not reload must see it
+    assert keeper.reconcile(trust_of(root_a, root_b, restart_istiod=True)) is None
+    assert store.restarts == 2
+    assert keeper.reconcile(trust_of(root_a, root_b, restart_istiod=True)) is None
+    assert store.restarts == 2  # nothing changed: no restart
+
+
+def test_a_failed_istiod_restart_keeps_the_cluster_off_target_until_one_succeeds(
+        tmp_path: Path, clock: Clock, root_a: certs.Root) -> None:
+    store = FailingRestarts(DirectoryCaStore(tmp_path / "cacerts"))
+    keeper = CaKeeper(store, tmp_path / "state", CLUSTER, rng=lambda: 0.5, clock=clock)
+    trust = trust_of(root_a, restart_istiod=True)
+    keeper.install(sign(request(keeper, trust), root_a, clock()))
+    assert keeper.reconcile(trust) is None  # what the agent runs right after an install
+    assert "cannot restart istiod" in keeper.report().error  # reported, so the hub does not count it as done
+    store.ok = True
+    assert keeper.reconcile(trust) is None
+    assert keeper.report().error == ""
+    restarts = store.restarts
+    assert keeper.reconcile(trust) is None
+    assert store.restarts == restarts
+
+
+@pytest.mark.parametrize("jitter", [0.0, 0.5, 0.999])
+def test_renewal_never_falls_before_the_certificate_starts(jitter: float, root_a: certs.Root) -> None:
+    key = pki.generate_key("EC-P256")
+    csr = certs.check_intermediate_csr(pki.intermediate_csr(key, CLUSTER, TRUST_DOMAIN), CLUSTER, POLICY)
+    cert = certs.sign_intermediate(root_a, csr, CLUSTER, POLICY, T0, dt.timedelta(days=30))
+    at = pki.renewal_time(cert, 90, jitter)  # renewBefore at its maximum
+    assert cert.not_valid_before_utc < at < cert.not_valid_after_utc
