@@ -384,6 +384,7 @@ class CaKeeper:
         # until it is, since an istiod that does not reload keeps serving the old material
         self._restart_error = ""
         self._restart_due = False
+        self._parsed: tuple[tuple[bytes, bytes], tuple[x509.Certificate | None, str]] | None = None
         self._warnings: tuple[dt.datetime, list[str]] | None = None
 
     @property
@@ -438,14 +439,18 @@ class CaKeeper:
         """The held intermediate if its certificate and key parse and match, else why not."""
         if material is None:
             return None, f"{self.store.describe} holds no intermediate yet"
+        # parsed once per content: loading an RSA-4096 key validates it (about 0.2 s), and this runs every tick
+        if self._parsed is not None and self._parsed[0] == (material.ca_cert, material.ca_key):
+            return self._parsed[1]
         try:
             cert = pki.load_certs(material.ca_cert, CA_CERT)[0]
             key = pki.load_key(material.ca_key, CA_KEY)
         except pki.PkiError as exc:
             return None, f"the held intermediate is unusable: {exc}"
-        if not pki.same_public_key(key, cert):
-            return None, f"the held intermediate is unusable: {CA_KEY} does not match {CA_CERT}"
-        return cert, ""
+        held: tuple[x509.Certificate | None, str] = (cert, "") if pki.same_public_key(key, cert) else (
+            None, f"the held intermediate is unusable: {CA_KEY} does not match {CA_CERT}")
+        self._parsed = ((material.ca_cert, material.ca_key), held)
+        return held
 
     def _jitter_of(self, cert: x509.Certificate) -> float:
         """The renewal jitter of `cert`, drawn once so its renewal time does not move between reconciles."""

@@ -67,6 +67,7 @@ from meshfleet.demo import EXAMPLES, Fleet, demo_clusters
 from meshfleet.intents import MEDIA_TYPE, version_of
 from meshfleet.v1 import hub_pb2
 from mgmt.identities import ensure_server_certificate, load_or_create_ca, sign_cluster_csr
+from mgmt.policies import KINDS
 from mgmt.serving import GRPC_OPTIONS as HUB_GRPC_OPTIONS
 from mgmt.serving import Hub, Session
 from mgmt.settings import HubSettings
@@ -203,11 +204,14 @@ async def one_change(hub: TimedHub, policy: Path, template: dict[str, Any], step
     return Change(hub.last_ack_at - t0, hub.translated_at - t0, hub.first_ack_at - t0, changed)
 
 
+POLICY_PREFIXES = tuple(f"{kind}/" for kind in KINDS)
+
+
 class StartupPolicyNoise(logging.Filter):
-    """Drops the hub's "policy ...: ..." warnings (missing backends while agents are still connecting)."""
+    """Drops the hub's "<Kind>/<ns>/<name>: ..." policy warnings (missing backends while agents still connect)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.levelno == logging.WARNING and record.getMessage().startswith("policy "))
+        return not (record.levelno == logging.WARNING and record.getMessage().startswith(POLICY_PREFIXES))
 
 
 @dataclass

@@ -306,11 +306,13 @@ class Registry:
         rows = self._db.execute("SELECT cluster, report FROM ca_reports").fetchall()
         return {r["cluster"]: json.loads(r["report"]) for r in rows}
 
-    def save_ca_report(self, cluster: str, report: Mapping[str, Any]) -> None:
+    def save_ca_reports(self, reports: Mapping[str, Mapping[str, Any]]) -> None:
+        """Store clusters' CA reports in one transaction (a cluster removed meanwhile stays removed)."""
         with self._tx() as db:
-            if db.execute("SELECT 1 FROM clusters WHERE name=?", (cluster,)).fetchone():
-                db.execute("INSERT OR REPLACE INTO ca_reports(cluster, report) VALUES (?, ?)",
-                           (cluster, json.dumps(report, sort_keys=True)))
+            for cluster, report in reports.items():
+                if db.execute("SELECT 1 FROM clusters WHERE name=?", (cluster,)).fetchone():
+                    db.execute("INSERT OR REPLACE INTO ca_reports(cluster, report) VALUES (?, ?)",
+                               (cluster, json.dumps(report, sort_keys=True)))
 
     # discovery --------------------------------------------------------------------------------
     def discovery(self) -> dict[str, dict[str, Any]]:

@@ -106,6 +106,7 @@ class Hub(hub_pb2_grpc.HubServicer):
         self._trust_configured = float("-inf")
         self._trust_timer: asyncio.TimerHandle | None = None
         self._trust_status: dict[str, Any] | None = None
+        self._trust_dirty = False
         self._translated_intents: dict[str, ClusterIntent] = {}
         self.ca = load_or_create_ca(settings.state_dir, dt.datetime.now(dt.UTC))
         if source is None and settings.policies_dir is not None:
@@ -355,11 +356,19 @@ class Hub(hub_pb2_grpc.HubServicer):
         self._trust_tick()
 
     def _save_trust_status(self) -> None:
-        doc = self.trust.status()
-        if doc != self._trust_status:
-            self._trust_status = doc
-            self.registry.set_meta(STATUS_KEY, doc)
-            self.status_epoch += 1
+        """The mesh CA's state moved: persist it with the next status flush (a rotation of a large fleet brings
+        hundreds of reports a second, and the document grows with the fleet)."""
+        self._trust_dirty = True
+        self.status_epoch += 1
+
+    def _flush_trust(self) -> None:
+        self.trust.flush()  # batched CA reports
+        if self._trust_dirty:
+            self._trust_dirty = False
+            doc = self.trust.status()
+            if doc != self._trust_status:
+                self._trust_status = doc
+                self.registry.set_meta(STATUS_KEY, doc)
 
     def _status_changed(self) -> None:
         """Per-cluster facts moved: persist them soon, and let status writers know (`status_epoch`)."""
@@ -460,6 +469,7 @@ class Hub(hub_pb2_grpc.HubServicer):
                 log.exception("writing status to %s failed", self.registry.path)
 
     def _flush_status(self) -> None:
+        self._flush_trust()
         if self._dirty_status:
             self._dirty_status = False
             self.registry.save_statuses(list(self.statuses.values()))

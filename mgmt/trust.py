@@ -84,6 +84,7 @@ class TrustManager:
         self.next_at: float | None = None
         self.events: deque[tuple[float, str]] = deque(maxlen=20)
         self.signed = 0  # intermediates issued since start
+        self._unsaved: set[str] = set()  # clusters whose report is not in hub.db yet (see flush)
         self._intent: TrustIntent | None = None
 
     # the policy -------------------------------------------------------------------------------
@@ -235,13 +236,21 @@ class TrustManager:
         for w in set(facts.warnings) - set(old.warnings if old else ()):
             log.warning("cluster %s: %s", cluster, w)
         self.reports[cluster] = facts
-        self.registry.save_ca_report(cluster, _facts_json(facts))
+        self._unsaved.add(cluster)
         return True
+
+    def flush(self) -> None:
+        """Persist the reports that changed since the last flush, in one transaction."""
+        if self._unsaved:
+            self.registry.save_ca_reports({c: _facts_json(self.reports[c]) for c in self._unsaved
+                                           if c in self.reports})
+            self._unsaved.clear()
 
     def forget(self, clusters: Set[str]) -> None:
         """Drop the reports of clusters that left the fleet (they no longer hold a rotation)."""
         for gone in set(self.reports) - set(clusters):
             del self.reports[gone]
+            self._unsaved.discard(gone)
 
     # rotation ---------------------------------------------------------------------------------
     def step(self, registered: Set[str], connected: Set[str]) -> bool:

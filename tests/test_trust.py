@@ -433,13 +433,18 @@ def test_certs_commands_drive_the_running_hub(tmp_path: Path, capsys: pytest.Cap
 
             def cli(*args: str) -> int:
                 return main(["certs", *args, "--state-dir", state, "--wait", "10"])
+
+            def saved_phase() -> str | None:  # the status document follows at the next status flush
+                return (fleet.hub.registry.get_meta(STATUS_KEY) or {}).get("phase")
+            await until(lambda: saved_phase() == rotation.IDLE, 5, "the status document in hub.db")
             assert await loop.run_in_executor(None, cli, "rollback") == 1
-            assert "rollback is possible in phases AddingRoot and ReissuingIntermediates" in capsys.readouterr().err
+            assert "no root rotation is under way; nothing to roll back" in capsys.readouterr().err
             assert await loop.run_in_executor(None, cli, "rotate-root") == 0
             assert "root rotation started" in capsys.readouterr().out
             assert fleet.hub.trust.state is not None and fleet.hub.trust.state.phase == rotation.ADDING_ROOT
             await until(lambda: at_target(fleet), 20, "AddingRoot target")
-            await asyncio.sleep(fleet.hub.settings.poll_interval * 2)  # the status document follows at the next poll
+            await until(lambda: saved_phase() == rotation.ADDING_ROOT and not fleet.hub._trust_dirty, 5,
+                        "the status document in hub.db")
             assert main(["certs", "status", "--state-dir", state]) == 0
             text = capsys.readouterr().out
             assert "phase: AddingRoot" in text and "Incoming" in text and "grace period ends in" in text
