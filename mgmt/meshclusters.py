@@ -50,7 +50,7 @@ from mgmt.kubewatching import GROUP, VERSION, ResourceWatch, WatchSettings
 from mgmt.model import Discovery
 from mgmt.registry import ORIGIN_CLI, ORIGIN_MESHCLUSTER, ClusterRecord, ClusterStatus, Registry, RegistryError
 from mgmt.rotation import CaFacts
-from mgmt.statuses import condition
+from mgmt.statuses import condition, rfc3339
 
 log = logging.getLogger(__name__)
 
@@ -313,11 +313,6 @@ class MeshClusterSource:
 STATUS_FIELDS = ("observedGeneration", "connection", "agentVersion", "lastHeartbeat", "desiredVersion",
                  "ackedVersion", "ackedVersionShort", "lastNack", "gatewayAddress", "agentCertificateExpiry",
                  "intermediateCertificateExpiry", "conditions")
-
-
-def rfc3339(ts: float) -> str:
-    """Epoch seconds as the API server writes times (UTC, whole seconds)."""
-    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _epoch(text: object) -> float | None:

@@ -123,7 +123,8 @@ def same_status(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> boo
     return bool(strip(a) == strip(b))
 
 
-def _rfc3339(ts: float) -> str:
+def rfc3339(ts: float) -> str:
+    """Epoch seconds as the API server writes times (UTC, whole seconds)."""
     return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -158,7 +159,7 @@ def trust_status(previous: Mapping[str, Any] | None, generation: int, ref: str, 
                                      else "; ".join(c.get("warnings") or []))  # Istio settings to check
         item: dict[str, Any] = {"cluster": name, "state": state, "message": message[:32768]}
         if c.get("intermediate") and c.get("not_after"):
-            item["intermediateExpiry"] = _rfc3339(float(c["not_after"]))
+            item["intermediateExpiry"] = rfc3339(float(c["not_after"]))
         clusters.append(item)
     phase = trust.get("phase") or "Idle"
     rejected = [c for c in clusters if c["state"] == "Rejected"]

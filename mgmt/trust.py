@@ -27,6 +27,7 @@ from mgmt.model import TrustPolicy, age
 from mgmt.registry import Registry
 from mgmt.roots import RootStore, RootStoreError, load_supplied
 from mgmt.rotation import CaFacts, RotationError, TrustState
+from mgmt.statuses import rfc3339
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +42,6 @@ STATUS_KEY = "trust_status"
 _STATE_KEY = "trust_state"
 _ROOTS_KEY = "trust_roots"
 _ABANDONED_KEY = "trust_abandoned"
-
-
-def _iso(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def facts_of(report: hub_pb2.CaReport, now: float) -> CaFacts:
@@ -320,7 +317,8 @@ class TrustManager:
             "since": s.since if s else None,
             "activeRoot": s.active if s else None,
             "bundle": list(s.bundle) if s else [],
-            "roots": [{"fingerprint": fp, "state": st, "notAfter": _iso(self.certs[fp].not_valid_after_utc.timestamp())}
+            "roots": [{"fingerprint": fp, "state": st,
+                       "notAfter": rfc3339(self.certs[fp].not_valid_after_utc.timestamp())}
                       for fp, st in self.root_states() if fp in self.certs],
             "waiting": dict(self.waiting),
             "nextStepAt": self.next_at,
