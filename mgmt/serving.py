@@ -315,19 +315,25 @@ class Hub(hub_pb2_grpc.HubServicer):
         if policies == self._trust_policies and now - self._trust_configured < self.settings.trust_refresh:
             return False
         self._trust_policies, self._trust_configured = policies, now
+        before = (self.trust.policy, self.trust.problems, self.trust.state)
         changed = self.trust.configure(policies)
+        if (self.trust.policy, self.trust.problems, self.trust.state) != before:
+            self._save_trust_status()
         return self._trust_step() or changed
 
     def _trust_step(self) -> bool:
         """Advance a root rotation as far as reports allow; True if the clusters' trust target moved."""
-        changed = self.trust.step(set(self.clusters), set(self.sessions))
+        t = self.trust
+        before = (t.policy, t.problems, t.state, dict(t.waiting), t.next_at, len(t.events), t.signed)
+        changed = t.step(set(self.clusters), set(self.sessions))
         if self._trust_timer is not None:
             self._trust_timer.cancel()
             self._trust_timer = None
         if self.trust.next_at is not None and self._loop is not None:
             delay = max(0.0, self.trust.next_at - time.time())
             self._trust_timer = self._loop.call_later(delay, self._trust_tick)
-        self._save_trust_status()
+        if (t.policy, t.problems, t.state, dict(t.waiting), t.next_at, len(t.events), t.signed) != before:
+            self._save_trust_status()  # at rest (the poll re-states who holds a rotation) nothing moves
         return changed
 
     def _trust_tick(self) -> None:
@@ -673,6 +679,7 @@ class Hub(hub_pb2_grpc.HubServicer):
         elif kind == "ca":
             if self.trust.report(cluster, msg.ca):
                 self._status_changed()
+                self._save_trust_status()
                 self._trust_tick()
         elif kind == "hello":
             raise StreamRefused(grpc.StatusCode.INVALID_ARGUMENT, "hello sent twice on one stream")
