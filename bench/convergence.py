@@ -48,7 +48,6 @@ import random
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -59,15 +58,17 @@ import grpc
 import yaml
 from cryptography.hazmat.primitives.serialization import Encoding
 
+# run as `python bench/NAME.py`: the repository root, where the `bench` package lives, is not on the path
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from agent.identity import IdentityStore
 from agent.settings import AgentSettings
 from agent.syncing import GRPC_OPTIONS as AGENT_GRPC_OPTIONS
 from agent.syncing import Agent
+from bench import running
 from meshfleet.demo import EXAMPLES, Fleet, demo_clusters
 from meshfleet.intents import MEDIA_TYPE, version_of
 from meshfleet.v1 import hub_pb2
 from mgmt.identities import ensure_server_certificate, load_or_create_ca, sign_cluster_csr
-from mgmt.policies import KINDS
 from mgmt.serving import GRPC_OPTIONS as HUB_GRPC_OPTIONS
 from mgmt.serving import Hub, Session
 from mgmt.settings import HubSettings
@@ -204,16 +205,6 @@ async def one_change(hub: TimedHub, policy: Path, template: dict[str, Any], step
     return Change(hub.last_ack_at - t0, hub.translated_at - t0, hub.first_ack_at - t0, changed)
 
 
-POLICY_PREFIXES = tuple(f"{kind}/" for kind in KINDS)
-
-
-class StartupPolicyNoise(logging.Filter):
-    """Drops the hub's "<Kind>/<ns>/<name>: ..." policy warnings (missing backends while agents still connect)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.levelno == logging.WARNING and record.getMessage().startswith(POLICY_PREFIXES))
-
-
 @dataclass
 class MeshfleetResult:
     changes: list[Change]
@@ -246,7 +237,7 @@ async def run_meshfleet(workdir: Path, agents: int, changes: int, warmup: int, h
     rng = random.Random(1)
     # until every discovery report is in, translations report missing backends: expected, not worth printing
     serving_log = logging.getLogger("mgmt.serving")
-    startup_filter = StartupPolicyNoise()
+    startup_filter = running.StartupPolicyNoise()
     serving_log.addFilter(startup_filter)
     started = time.perf_counter()
     await fleet.start()
@@ -517,25 +508,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("grpc._cython.cygrpc").setLevel(logging.ERROR)  # "Aborting method ... due to server stop"
-    if args.workdir is not None:
-        args.workdir.mkdir(parents=True, exist_ok=True)
-        workdir = Path(tempfile.mkdtemp(prefix="convergence-", dir=args.workdir))
-    else:
-        workdir = Path(tempfile.mkdtemp(prefix="meshfleet-convergence-"))
-    try:
-        asyncio.run(main_async(args, workdir))
-    except RuntimeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        if args.workdir is None:
-            shutil.rmtree(workdir, ignore_errors=True)
-        else:
-            print(f"(state and manifests kept in {workdir})")
-    return 0
+    return running.run("convergence", parse_args(argv), main_async)
 
 
 if __name__ == "__main__":

@@ -53,7 +53,6 @@ import shlex
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -65,9 +64,12 @@ import cryptography
 import yaml
 from cryptography.hazmat.backends.openssl.backend import backend as openssl_backend
 
+# run as `python bench/NAME.py`: the repository root, where the `bench` package lives, is not on the path
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from agent.cacerts import CaMaterial, DirectoryCaStore
 from agent.settings import AgentSettings
 from agent.syncing import Agent, Applied
+from bench import running
 from meshfleet import pki
 from meshfleet.demo import EXAMPLES, Fleet, demo_clusters
 from meshfleet.intents import IntentError, decode
@@ -75,7 +77,6 @@ from meshfleet.v1 import hub_pb2
 from mgmt import rotation
 from mgmt.certs import IssuancePolicy, check_intermediate_csr, sign_intermediate
 from mgmt.model import Meta, TrustPolicy
-from mgmt.policies import KINDS
 from mgmt.registry import Registry
 from mgmt.roots import FileRootStore, RootStore
 from mgmt.rotation import TrustState
@@ -301,14 +302,6 @@ class RotationResult:
     initial_csrs: int
 
 
-class StartupPolicyNoise(logging.Filter):
-    """Drops the hub's "<Kind>/<ns>/<name>: ..." policy warnings (missing backends while agents connect)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        first = str(record.args[0]) if isinstance(record.args, tuple) and record.args else ""
-        return not (record.levelno == logging.WARNING and first.split("/")[0] in KINDS)
-
-
 def trust_policy_text(algorithm: str) -> str:
     return yaml.safe_dump({
         "apiVersion": "meshfleet.io/v1alpha1", "kind": "TrustPolicy", "metadata": {"name": "mesh"},
@@ -317,11 +310,10 @@ def trust_policy_text(algorithm: str) -> str:
     }, sort_keys=False)
 
 
-def ca_ready(hub: Hub, clusters: Sequence[str]) -> bool:
+def ca_ready(fleet: Fleet) -> bool:
     """Idle, and every cluster's last CA report confirms it (trusts the root alone, intermediate under it)."""
-    doc = hub.trust.status()
-    reports = doc["clusters"]
-    return doc["phase"] == rotation.IDLE and all(c in reports and reports[c]["confirms"] for c in clusters)
+    state = fleet.hub.trust.state
+    return state is not None and state.phase == rotation.IDLE and fleet.ca_ready()
 
 
 async def wait_until(fleet: Fleet, done: Callable[[], bool], within: float, what: str) -> None:
@@ -417,9 +409,8 @@ async def run_rotations(workdir: Path, agents: int, rotations: int, algorithm: s
     fleet.hub.registry.close()
     hub = TimedHub(dataclasses.replace(fleet.hub.settings, poll_interval=HubSettings.poll_interval))
     fleet.hub = hub
-    names = [c.name for c in fleet.clusters]
     serving_log = logging.getLogger("mgmt.serving")
-    startup_filter = StartupPolicyNoise()
+    startup_filter = running.StartupPolicyNoise()
     serving_log.addFilter(startup_filter)
     started = time.perf_counter()
     await fleet.start()
@@ -428,7 +419,7 @@ async def run_rotations(workdir: Path, agents: int, rotations: int, algorithm: s
             raise RuntimeError(f"the fleet of {agents} agents did not converge within {limit:.0f} s")
         serving_log.removeFilter(startup_filter)
         converged = time.perf_counter()
-        await wait_until(fleet, lambda: ca_ready(hub, names), limit,
+        await wait_until(fleet, lambda: ca_ready(fleet), limit,
                          f"not every one of the {agents} clusters confirmed the first root")
         ready = time.perf_counter()
         initial_csrs = hub.timed.signed
@@ -441,7 +432,7 @@ async def run_rotations(workdir: Path, agents: int, rotations: int, algorithm: s
             state = hub.timed.state
             assert state is not None
             # the last intents (bundle of the new root alone) ACKed, and the files on disk as reported
-            await wait_until(fleet, lambda: fleet.converged() and ca_ready(hub, names), limit,
+            await wait_until(fleet, lambda: fleet.converged() and ca_ready(fleet), limit,
                              f"rotation {number}: the fleet did not settle after Idle")
             wrong = await asyncio.to_thread(verify_stores, fleet, state.active)
             if wrong:
@@ -681,25 +672,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("grpc._cython.cygrpc").setLevel(logging.ERROR)  # "Aborting method ... due to server stop"
-    if args.workdir is not None:
-        args.workdir.mkdir(parents=True, exist_ok=True)
-        workdir = Path(tempfile.mkdtemp(prefix="rotation-", dir=args.workdir))
-    else:
-        workdir = Path(tempfile.mkdtemp(prefix="meshfleet-rotation-"))
-    try:
-        asyncio.run(main_async(args, workdir))
-    except RuntimeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        if args.workdir is None:
-            shutil.rmtree(workdir, ignore_errors=True)
-        else:
-            print(f"(state kept in {workdir})")
-    return 0
+    return running.run("rotation", parse_args(argv), main_async)
 
 
 if __name__ == "__main__":
