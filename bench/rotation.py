@@ -637,6 +637,8 @@ async def main_async(args: argparse.Namespace, workdir: Path) -> None:
             rsa = algorithm.startswith("RSA")
             count = args.rsa_signatures if rsa else args.signatures
             distinct = min(count, args.rsa_keys if rsa else count)
+            if count == 0:
+                continue  # e.g. --rsa-signatures 0: that algorithm is not measured
             signing.append(await asyncio.to_thread(measure_signing, workdir, algorithm, count, distinct))
     print()
     rows_out(machine())
