@@ -98,6 +98,10 @@ class ServiceIntent:
     host: str = ""  # "" means <name>.<namespace>.global
     service: str = ""  # "" means name
     outlier: OutlierDetection | None = None
+    # the failover order: () follows the receiving cluster's topology (ClusterIntent.regions);
+    # otherwise the clusters in priority order, the same for every client (FailoverPolicy mode Explicit)
+    priority: tuple[str, ...] = ()
+    origin: str = ""  # key (Kind/namespace/name) of the resource the service comes from, "" if unknown
 
     def __post_init__(self) -> None:
         if not self.host:
@@ -244,6 +248,30 @@ class ClusterIntent:
     mtls: tuple[MtlsRule, ...] = ()
     trust: TrustIntent | None = None
     """None: meshfleet manages no CA in this cluster (no TrustPolicy on the hub)."""
+    regions: tuple[tuple[str, ...], ...] = ()
+    """The other regions, nearest first, in tiers of equally near ones (the topology failover order)."""
+    deleted: tuple[str, ...] = ()
+    """Keys of resources the user deleted whose objects this cluster held: removed at once, not after a grace."""
+
+
+def failover_rank(intent: ClusterIntent, service: ServiceIntent, backend: ClusterRef) -> int:
+    """How far down the failover order a backend is for the receiving cluster (0 first; ties share a rank).
+
+    Topology order: the receiving cluster itself and its zone 0, its region 1, then each tier of
+    `intent.regions` in turn, regions it does not list last. Explicit order: the position in
+    `service.priority`, clusters it does not list last.
+    """
+    if service.priority:
+        return service.priority.index(backend.name) if backend.name in service.priority else len(service.priority)
+    me = intent.cluster
+    if backend.name == me.name or (backend.region == me.region and backend.zone and backend.zone == me.zone):
+        return 0
+    if backend.region == me.region:
+        return 1
+    for i, tier in enumerate(intent.regions):
+        if backend.region in tier:
+            return 2 + i
+    return 2 + len(intent.regions)
 
 
 def canonical_json(obj: Any) -> bytes:
@@ -298,7 +326,9 @@ class Encoder:
         content = b"".join([
             b'{"access":[', b",".join(self._fragment(a, _access_json) for a in intent.access), b"]",
             b',"cluster":', canonical_json(_cluster_json(intent.cluster)),
+            b',"deleted":', canonical_json(list(intent.deleted)),
             *listed(b"mtls", intent.mtls, _mtls_json),
+            b',"regions":', canonical_json([list(t) for t in intent.regions]),
             b',"schema":', canonical_json(SCHEMA),
             *listed(b"services", intent.services, _service_json),
             *listed(b"traffic", intent.traffic, _traffic_json),
@@ -336,6 +366,8 @@ def to_json(intent: ClusterIntent) -> dict[str, Any]:
         "access": [_access_json(a) for a in intent.access],
         "mtls": [_mtls_json(m) for m in intent.mtls],
         "trust": None if intent.trust is None else _trust_json(intent.trust),
+        "regions": [list(t) for t in intent.regions],
+        "deleted": list(intent.deleted),
     }
 
 
@@ -370,6 +402,8 @@ def _service_json(s: ServiceIntent) -> dict[str, Any]:
             for b in s.backends
         ],
         "outlier": None,
+        "priority": list(s.priority),
+        "origin": s.origin,
     }
     if (o := s.outlier) is not None:
         doc["outlier"] = {"consecutive5xxErrors": o.consecutive_5xx_errors, "interval": o.interval,
@@ -554,7 +588,14 @@ def _service(s: _Reader) -> ServiceIntent:
         outlier=None if outlier is None else OutlierDetection(
             outlier.integer("consecutive5xxErrors"), outlier.text("interval"), outlier.text("baseEjectionTime"),
             outlier.integer("maxEjectionPercent")),
+        # absent from a hub older than failover ordering: topology order, origin unknown
+        priority=s.texts("priority") if _has(s, "priority") else (),
+        origin=s.text("origin") if _has(s, "origin") else "",
     )
+
+
+def _has(r: _Reader, key: str) -> bool:
+    return isinstance(r.doc, dict) and key in r.doc
 
 
 def from_json(doc: Any) -> ClusterIntent:
@@ -578,5 +619,10 @@ def from_json(doc: Any) -> ClusterIntent:
     mtls = tuple(MtlsRule(m.text("policy"), m.text("namespace"), m.text("mode"), _selector(m)) for m in r.items("mtls"))
     # an intent from a hub older than the trust section has none: meshfleet manages no CA there
     trust = r.optional("trust") if isinstance(doc, dict) and "trust" in doc else None
+    tiers: Sequence[Any] = r.get("regions", list) if _has(r, "regions") else []
+    if not all(isinstance(t, list) and all(isinstance(n, str) for n in t) for t in tiers):
+        raise IntentError("malformed intent: regions: expected lists of region names")
+    regions = tuple(tuple(t) for t in tiers)
     return ClusterIntent(cluster=_cluster(r.obj("cluster")), services=tuple(_service(s) for s in r.items("services")),
-                         traffic=traffic, access=access, mtls=mtls, trust=None if trust is None else _trust(trust))
+                         traffic=traffic, access=access, mtls=mtls, trust=None if trust is None else _trust(trust),
+                         regions=regions, deleted=r.texts("deleted") if _has(r, "deleted") else ())

@@ -176,8 +176,8 @@ class FailoverPolicy:
     priority: tuple[str, ...] = ()  # cluster names, Explicit mode
     evict_lost_clusters: bool = True
     hold_down: str = "1m"
-    probe: bool = False
-    probe_timeout: str = "1s"
+    # evict only when the clusters probing the lost cluster's gateway cannot reach it either
+    peer_confirmation: bool = True
 
     @property
     def key(self) -> str:

@@ -517,7 +517,7 @@ def _traffic_policy(spec: Any, meta: Meta) -> TrafficPolicy:
 
 def _failover_policy(spec: Any, meta: Meta) -> FailoverPolicy:
     spec = _fields(spec, ("spec",), ("destination",),
-                   ("priority", "outlierDetection", "evictLostClusters", "holdDown", "probe"))
+                   ("priority", "outlierDetection", "evictLostClusters", "holdDown", "peerConfirmation"))
     destination = _destination(spec["destination"], ("spec", "destination"))
     opath: _Path = ("spec", "outlierDetection")
     o = _fields(spec.get("outlierDetection", {}), opath, (),
@@ -547,12 +547,8 @@ def _failover_policy(spec: Any, meta: Meta) -> FailoverPolicy:
     evict = _boolean(spec.get("evictLostClusters", True), ("spec", "evictLostClusters"))
     hold_down = _duration(spec.get("holdDown", "1m"), ("spec", "holdDown"), at_least=None,
                           at_most=Fraction(24 * 3600))[0]
-    probe = _fields(spec.get("probe", {}), ("spec", "probe"), (), ("enabled", "timeout"))
-    return FailoverPolicy(
-        meta, destination, outlier, mode, priority, evict, hold_down,
-        probe=_boolean(probe.get("enabled", False), ("spec", "probe", "enabled")),
-        probe_timeout=_duration(probe.get("timeout", "1s"), ("spec", "probe", "timeout"), at_most=Fraction(60))[0],
-    )
+    confirm = _boolean(spec.get("peerConfirmation", True), ("spec", "peerConfirmation"))
+    return FailoverPolicy(meta, destination, outlier, mode, priority, evict, hold_down, confirm)
 
 
 # an AccessPolicy path: exact, prefix (/api/*), suffix (*.png) or * (Istio's forms)

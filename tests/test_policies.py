@@ -183,9 +183,7 @@ spec:
     maxEjectionPercent: 50
   evictLostClusters: false
   holdDown: 5m
-  probe:
-    enabled: true
-    timeout: 500ms
+  peerConfirmation: false
 """
 
 AP = """\
@@ -295,7 +293,7 @@ EXPECTED: dict[str, AnyResource] = {
     "failover-policy": FailoverPolicy(
         meta("FailoverPolicy", "ratings-failover"), Destination(service="ratings"),
         OutlierDetection(3, "5s", "1m", 50), "Explicit", ("us-east-1", "ap-south-1"),  # in the order given
-        evict_lost_clusters=False, hold_down="5m", probe=True, probe_timeout="500ms"),
+        evict_lost_clusters=False, hold_down="5m", peer_confirmation=False),
     "access-policy": AccessPolicy(
         meta("AccessPolicy", "ratings-readers"), Destination(service="ratings"), "DENY",
         (AccessFrom(("eu-west-1", "us-east-1"), ("bookinfo",), ("bookinfo-admin", "bookinfo-reviews")),
@@ -439,14 +437,13 @@ MINIMAL = {
                             TrafficPolicy(meta("TrafficPolicy", "tp"), Destination(service="reviews"),
                                           (HttpRule("r", (RouteTarget("a", 100),), fault=Fault("1s", 100.0, 500, 100.0),
                                                     mirror=Mirror("b", "", 100.0)),), None, False)),
-    "failover-policy": ("FailoverPolicy", "fp", "destination: {service: reviews}\n  probe: {}",
+    "failover-policy": ("FailoverPolicy", "fp", "destination: {service: reviews}",
                         FailoverPolicy(meta("FailoverPolicy", "fp"), Destination(service="reviews"),
-                                       OutlierDetection(5, "10s", "30s", 100), "Topology", (), True, "1m", False,
-                                       "1s")),
+                                       OutlierDetection(5, "10s", "30s", 100), "Topology", (), True, "1m", True)),
     "failover-policy-partial": ("FailoverPolicy", "fp", "destination: {service: reviews}\n"
-                                "  outlierDetection: {interval: 2s}\n  probe: {enabled: true}",
+                                "  outlierDetection: {interval: 2s}\n  peerConfirmation: false",
                                 FailoverPolicy(meta("FailoverPolicy", "fp"), Destination(service="reviews"),
-                                               OutlierDetection(5, "2s", "30s", 100), probe=True, probe_timeout="1s")),
+                                               OutlierDetection(5, "2s", "30s", 100), peer_confirmation=False)),
     "access-policy": ("AccessPolicy", "ap", "destination: {multiclusterService: reviews}",
                       AccessPolicy(meta("AccessPolicy", "ap"), Destination(multicluster_service="reviews"), "ALLOW",
                                    (), (), "STRICT")),
@@ -709,9 +706,10 @@ BAD_DOCUMENTS = [
         "fp-hold-down-over-24h"),
     bad(FP, "  evictLostClusters: false", f'  evictLostClusters: "no"  {MARK}',
         "spec.evictLostClusters: must be true or false, got 'no'", "fp-evict-string"),
-    bad(FP, "    timeout: 500ms", f"    timeout: 2m  {MARK}", "spec.probe.timeout: must be at most 1m, got 2m",
-        "fp-probe-timeout-2m"),
-    bad(FP, "    enabled: true", f"    enable: true  {MARK}", "unknown field 'spec.probe.enable'", "fp-probe-typo"),
+    bad(FP, "  peerConfirmation: false", f'  peerConfirmation: "off"  {MARK}',
+        "spec.peerConfirmation: must be true or false, got 'off'", "fp-peer-confirmation-string"),
+    bad(FP, "  peerConfirmation: false", f"  peerConfirmations: false  {MARK}",
+        "unknown field 'spec.peerConfirmations'", "fp-peer-confirmation-typo"),
     bad(FP, "    service: ratings", f"    all: true  {MARK}", "unknown field 'spec.destination.all'",
         "fp-destination-all"),
     # AccessPolicy

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16meshfleet/v1/hub.proto\x12\x0cmeshfleet.v1\"Y\n\x0fRegisterRequest\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x03 \x01(\x0c\x12\x15\n\ragent_version\x18\x04 \x01(\t\"B\n\x10RegisterResponse\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x01 \x01(\x0c\x12\x15\n\rca_bundle_pem\x18\x02 \x01(\x0c\"\xbc\x02\n\x0c\x41gentMessage\x12$\n\x05hello\x18\x01 \x01(\x0b\x32\x13.meshfleet.v1.HelloH\x00\x12 \n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x11.meshfleet.v1.AckH\x00\x12\"\n\x04nack\x18\x03 \x01(\x0b\x32\x12.meshfleet.v1.NackH\x00\x12,\n\theartbeat\x18\x04 \x01(\x0b\x32\x17.meshfleet.v1.HeartbeatH\x00\x12\x32\n\tdiscovery\x18\x05 \x01(\x0b\x32\x1d.meshfleet.v1.DiscoveryReportH\x00\x12\x30\n\x03\x63sr\x18\x06 \x01(\x0b\x32!.meshfleet.v1.IntermediateRequestH\x00\x12$\n\x02\x63\x61\x18\x07 \x01(\x0b\x32\x16.meshfleet.v1.CaReportH\x00\x42\x06\n\x04kind\"\xa7\x01\n\nHubMessage\x12*\n\x06intent\x18\x01 \x01(\x0b\x32\x18.meshfleet.v1.IntentPushH\x00\x12,\n\theartbeat\x18\x02 \x01(\x0b\x32\x17.meshfleet.v1.HeartbeatH\x00\x12\x37\n\x0b\x63\x65rtificate\x18\x03 \x01(\x0b\x32 .meshfleet.v1.IntermediateIssuedH\x00\x42\x06\n\x04kind\"b\n\x05Hello\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\x15\n\ragent_version\x18\x02 \x01(\t\x12\x18\n\x10protocol_version\x18\x03 \x01(\t\x12\x17\n\x0f\x61pplied_version\x18\x04 \x01(\t\"D\n\nIntentPush\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x03 \x01(\t\"\x16\n\x03\x41\x63k\x12\x0f\n\x07version\x18\x01 \x01(\t\"&\n\x04Nack\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\r\n\x05\x65rror\x18\x02 \x01(\t\"!\n\tHeartbeat\x12\x14\n\x0csent_unix_ms\x18\x01 \x01(\x03\"s\n\x0f\x44iscoveryReport\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12&\n\x07gateway\x18\x02 \x01(\x0b\x32\x15.meshfleet.v1.Gateway\x12\'\n\x08services\x18\x03 \x03(\x0b\x32\x15.meshfleet.v1.Service\"(\n\x07Gateway\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\"\xc5\x02\n\x07Service\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12(\n\x05ports\x18\x03 \x03(\x0b\x32\x19.meshfleet.v1.ServicePort\x12\x31\n\x06labels\x18\x04 \x03(\x0b\x32!.meshfleet.v1.Service.LabelsEntry\x12%\n\x07subsets\x18\x05 \x03(\x0b\x32\x14.meshfleet.v1.Subset\x12\x35\n\x08selector\x18\x06 \x03(\x0b\x32#.meshfleet.v1.Service.SelectorEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a/\n\rSelectorEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"=\n\x0bServicePort\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06number\x18\x02 \x01(\r\x12\x10\n\x08protocol\x18\x03 \x01(\t\"w\n\x06Subset\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x30\n\x06labels\x18\x02 \x03(\x0b\x32 .meshfleet.v1.Subset.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"O\n\x13IntermediateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x02 \x01(\x0c\x12\x13\n\x0bttl_seconds\x18\x03 \x01(\x03\"c\n\x12IntermediateIssued\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x02 \x01(\x0c\x12\x11\n\tchain_pem\x18\x03 \x01(\x0c\x12\r\n\x05\x65rror\x18\x04 \x01(\t\"y\n\x08\x43\x61Report\x12\x0e\n\x06\x62undle\x18\x01 \x03(\t\x12\x14\n\x0cintermediate\x18\x02 \x01(\t\x12\x0e\n\x06issuer\x18\x03 \x01(\t\x12\x16\n\x0enot_after_unix\x18\x04 \x01(\x03\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12\x10\n\x08warnings\x18\x06 \x03(\t2\x92\x01\n\x03Hub\x12I\n\x08Register\x12\x1d.meshfleet.v1.RegisterRequest\x1a\x1e.meshfleet.v1.RegisterResponse\x12@\n\x04Sync\x12\x1a.meshfleet.v1.AgentMessage\x1a\x18.meshfleet.v1.HubMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16meshfleet/v1/hub.proto\x12\x0cmeshfleet.v1\"Y\n\x0fRegisterRequest\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x03 \x01(\x0c\x12\x15\n\ragent_version\x18\x04 \x01(\t\"B\n\x10RegisterResponse\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x01 \x01(\x0c\x12\x15\n\rca_bundle_pem\x18\x02 \x01(\x0c\"\xe9\x02\n\x0c\x41gentMessage\x12$\n\x05hello\x18\x01 \x01(\x0b\x32\x13.meshfleet.v1.HelloH\x00\x12 \n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x11.meshfleet.v1.AckH\x00\x12\"\n\x04nack\x18\x03 \x01(\x0b\x32\x12.meshfleet.v1.NackH\x00\x12,\n\theartbeat\x18\x04 \x01(\x0b\x32\x17.meshfleet.v1.HeartbeatH\x00\x12\x32\n\tdiscovery\x18\x05 \x01(\x0b\x32\x1d.meshfleet.v1.DiscoveryReportH\x00\x12\x30\n\x03\x63sr\x18\x06 \x01(\x0b\x32!.meshfleet.v1.IntermediateRequestH\x00\x12$\n\x02\x63\x61\x18\x07 \x01(\x0b\x32\x16.meshfleet.v1.CaReportH\x00\x12+\n\x06probes\x18\x08 \x01(\x0b\x32\x19.meshfleet.v1.ProbeReportH\x00\x42\x06\n\x04kind\"\xa7\x01\n\nHubMessage\x12*\n\x06intent\x18\x01 \x01(\x0b\x32\x18.meshfleet.v1.IntentPushH\x00\x12,\n\theartbeat\x18\x02 \x01(\x0b\x32\x17.meshfleet.v1.HeartbeatH\x00\x12\x37\n\x0b\x63\x65rtificate\x18\x03 \x01(\x0b\x32 .meshfleet.v1.IntermediateIssuedH\x00\x42\x06\n\x04kind\"b\n\x05Hello\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\x15\n\ragent_version\x18\x02 \x01(\t\x12\x18\n\x10protocol_version\x18\x03 \x01(\t\x12\x17\n\x0f\x61pplied_version\x18\x04 \x01(\t\"D\n\nIntentPush\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x03 \x01(\t\"\x16\n\x03\x41\x63k\x12\x0f\n\x07version\x18\x01 \x01(\t\"&\n\x04Nack\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\r\n\x05\x65rror\x18\x02 \x01(\t\"!\n\tHeartbeat\x12\x14\n\x0csent_unix_ms\x18\x01 \x01(\x03\"s\n\x0f\x44iscoveryReport\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12&\n\x07gateway\x18\x02 \x01(\x0b\x32\x15.meshfleet.v1.Gateway\x12\'\n\x08services\x18\x03 \x03(\x0b\x32\x15.meshfleet.v1.Service\"(\n\x07Gateway\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\"\xc5\x02\n\x07Service\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12(\n\x05ports\x18\x03 \x03(\x0b\x32\x19.meshfleet.v1.ServicePort\x12\x31\n\x06labels\x18\x04 \x03(\x0b\x32!.meshfleet.v1.Service.LabelsEntry\x12%\n\x07subsets\x18\x05 \x03(\x0b\x32\x14.meshfleet.v1.Subset\x12\x35\n\x08selector\x18\x06 \x03(\x0b\x32#.meshfleet.v1.Service.SelectorEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a/\n\rSelectorEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"=\n\x0bServicePort\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06number\x18\x02 \x01(\r\x12\x10\n\x08protocol\x18\x03 \x01(\t\"w\n\x06Subset\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x30\n\x06labels\x18\x02 \x03(\x0b\x32 .meshfleet.v1.Subset.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"O\n\x13IntermediateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x02 \x01(\x0c\x12\x13\n\x0bttl_seconds\x18\x03 \x01(\x03\"c\n\x12IntermediateIssued\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x02 \x01(\x0c\x12\x11\n\tchain_pem\x18\x03 \x01(\x0c\x12\r\n\x05\x65rror\x18\x04 \x01(\t\"y\n\x08\x43\x61Report\x12\x0e\n\x06\x62undle\x18\x01 \x03(\t\x12\x14\n\x0cintermediate\x18\x02 \x01(\t\x12\x0e\n\x06issuer\x18\x03 \x01(\t\x12\x16\n\x0enot_after_unix\x18\x04 \x01(\x03\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12\x10\n\x08warnings\x18\x06 \x03(\t\"9\n\x0bProbeReport\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.meshfleet.v1.ProbeResult\"s\n\x0bProbeResult\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0c\n\x04port\x18\x03 \x01(\r\x12\x11\n\treachable\x18\x04 \x01(\x08\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12\x12\n\nlatency_ms\x18\x06 \x01(\r2\x92\x01\n\x03Hub\x12I\n\x08Register\x12\x1d.meshfleet.v1.RegisterRequest\x1a\x1e.meshfleet.v1.RegisterResponse\x12@\n\x04Sync\x12\x1a.meshfleet.v1.AgentMessage\x1a\x18.meshfleet.v1.HubMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,41 +42,45 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REGISTERRESPONSE']._serialized_start=131
   _globals['_REGISTERRESPONSE']._serialized_end=197
   _globals['_AGENTMESSAGE']._serialized_start=200
-  _globals['_AGENTMESSAGE']._serialized_end=516
-  _globals['_HUBMESSAGE']._serialized_start=519
-  _globals['_HUBMESSAGE']._serialized_end=686
-  _globals['_HELLO']._serialized_start=688
-  _globals['_HELLO']._serialized_end=786
-  _globals['_INTENTPUSH']._serialized_start=788
-  _globals['_INTENTPUSH']._serialized_end=856
-  _globals['_ACK']._serialized_start=858
-  _globals['_ACK']._serialized_end=880
-  _globals['_NACK']._serialized_start=882
-  _globals['_NACK']._serialized_end=920
-  _globals['_HEARTBEAT']._serialized_start=922
-  _globals['_HEARTBEAT']._serialized_end=955
-  _globals['_DISCOVERYREPORT']._serialized_start=957
-  _globals['_DISCOVERYREPORT']._serialized_end=1072
-  _globals['_GATEWAY']._serialized_start=1074
-  _globals['_GATEWAY']._serialized_end=1114
-  _globals['_SERVICE']._serialized_start=1117
-  _globals['_SERVICE']._serialized_end=1442
-  _globals['_SERVICE_LABELSENTRY']._serialized_start=1348
-  _globals['_SERVICE_LABELSENTRY']._serialized_end=1393
-  _globals['_SERVICE_SELECTORENTRY']._serialized_start=1395
-  _globals['_SERVICE_SELECTORENTRY']._serialized_end=1442
-  _globals['_SERVICEPORT']._serialized_start=1444
-  _globals['_SERVICEPORT']._serialized_end=1505
-  _globals['_SUBSET']._serialized_start=1507
-  _globals['_SUBSET']._serialized_end=1626
-  _globals['_SUBSET_LABELSENTRY']._serialized_start=1348
-  _globals['_SUBSET_LABELSENTRY']._serialized_end=1393
-  _globals['_INTERMEDIATEREQUEST']._serialized_start=1628
-  _globals['_INTERMEDIATEREQUEST']._serialized_end=1707
-  _globals['_INTERMEDIATEISSUED']._serialized_start=1709
-  _globals['_INTERMEDIATEISSUED']._serialized_end=1808
-  _globals['_CAREPORT']._serialized_start=1810
-  _globals['_CAREPORT']._serialized_end=1931
-  _globals['_HUB']._serialized_start=1934
-  _globals['_HUB']._serialized_end=2080
+  _globals['_AGENTMESSAGE']._serialized_end=561
+  _globals['_HUBMESSAGE']._serialized_start=564
+  _globals['_HUBMESSAGE']._serialized_end=731
+  _globals['_HELLO']._serialized_start=733
+  _globals['_HELLO']._serialized_end=831
+  _globals['_INTENTPUSH']._serialized_start=833
+  _globals['_INTENTPUSH']._serialized_end=901
+  _globals['_ACK']._serialized_start=903
+  _globals['_ACK']._serialized_end=925
+  _globals['_NACK']._serialized_start=927
+  _globals['_NACK']._serialized_end=965
+  _globals['_HEARTBEAT']._serialized_start=967
+  _globals['_HEARTBEAT']._serialized_end=1000
+  _globals['_DISCOVERYREPORT']._serialized_start=1002
+  _globals['_DISCOVERYREPORT']._serialized_end=1117
+  _globals['_GATEWAY']._serialized_start=1119
+  _globals['_GATEWAY']._serialized_end=1159
+  _globals['_SERVICE']._serialized_start=1162
+  _globals['_SERVICE']._serialized_end=1487
+  _globals['_SERVICE_LABELSENTRY']._serialized_start=1393
+  _globals['_SERVICE_LABELSENTRY']._serialized_end=1438
+  _globals['_SERVICE_SELECTORENTRY']._serialized_start=1440
+  _globals['_SERVICE_SELECTORENTRY']._serialized_end=1487
+  _globals['_SERVICEPORT']._serialized_start=1489
+  _globals['_SERVICEPORT']._serialized_end=1550
+  _globals['_SUBSET']._serialized_start=1552
+  _globals['_SUBSET']._serialized_end=1671
+  _globals['_SUBSET_LABELSENTRY']._serialized_start=1393
+  _globals['_SUBSET_LABELSENTRY']._serialized_end=1438
+  _globals['_INTERMEDIATEREQUEST']._serialized_start=1673
+  _globals['_INTERMEDIATEREQUEST']._serialized_end=1752
+  _globals['_INTERMEDIATEISSUED']._serialized_start=1754
+  _globals['_INTERMEDIATEISSUED']._serialized_end=1853
+  _globals['_CAREPORT']._serialized_start=1855
+  _globals['_CAREPORT']._serialized_end=1976
+  _globals['_PROBEREPORT']._serialized_start=1978
+  _globals['_PROBEREPORT']._serialized_end=2035
+  _globals['_PROBERESULT']._serialized_start=2037
+  _globals['_PROBERESULT']._serialized_end=2152
+  _globals['_HUB']._serialized_start=2155
+  _globals['_HUB']._serialized_end=2301
 # @@protoc_insertion_point(module_scope)

@@ -27,7 +27,7 @@ class RegisterResponse(_message.Message):
     def __init__(self, certificate_pem: _Optional[bytes] = ..., ca_bundle_pem: _Optional[bytes] = ...) -> None: ...
 
 class AgentMessage(_message.Message):
-    __slots__ = ("hello", "ack", "nack", "heartbeat", "discovery", "csr", "ca")
+    __slots__ = ("hello", "ack", "nack", "heartbeat", "discovery", "csr", "ca", "probes")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     ACK_FIELD_NUMBER: _ClassVar[int]
     NACK_FIELD_NUMBER: _ClassVar[int]
@@ -35,6 +35,7 @@ class AgentMessage(_message.Message):
     DISCOVERY_FIELD_NUMBER: _ClassVar[int]
     CSR_FIELD_NUMBER: _ClassVar[int]
     CA_FIELD_NUMBER: _ClassVar[int]
+    PROBES_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     ack: Ack
     nack: Nack
@@ -42,7 +43,8 @@ class AgentMessage(_message.Message):
     discovery: DiscoveryReport
     csr: IntermediateRequest
     ca: CaReport
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., nack: _Optional[_Union[Nack, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., discovery: _Optional[_Union[DiscoveryReport, _Mapping]] = ..., csr: _Optional[_Union[IntermediateRequest, _Mapping]] = ..., ca: _Optional[_Union[CaReport, _Mapping]] = ...) -> None: ...
+    probes: ProbeReport
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., nack: _Optional[_Union[Nack, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., discovery: _Optional[_Union[DiscoveryReport, _Mapping]] = ..., csr: _Optional[_Union[IntermediateRequest, _Mapping]] = ..., ca: _Optional[_Union[CaReport, _Mapping]] = ..., probes: _Optional[_Union[ProbeReport, _Mapping]] = ...) -> None: ...
 
 class HubMessage(_message.Message):
     __slots__ = ("intent", "heartbeat", "certificate")
@@ -206,3 +208,25 @@ class CaReport(_message.Message):
     error: str
     warnings: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, bundle: _Optional[_Iterable[str]] = ..., intermediate: _Optional[str] = ..., issuer: _Optional[str] = ..., not_after_unix: _Optional[int] = ..., error: _Optional[str] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ProbeReport(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[ProbeResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[ProbeResult, _Mapping]]] = ...) -> None: ...
+
+class ProbeResult(_message.Message):
+    __slots__ = ("cluster", "address", "port", "reachable", "error", "latency_ms")
+    CLUSTER_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    REACHABLE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    cluster: str
+    address: str
+    port: int
+    reachable: bool
+    error: str
+    latency_ms: int
+    def __init__(self, cluster: _Optional[str] = ..., address: _Optional[str] = ..., port: _Optional[int] = ..., reachable: _Optional[bool] = ..., error: _Optional[str] = ..., latency_ms: _Optional[int] = ...) -> None: ...
