@@ -40,10 +40,16 @@ def seed(old: Snapshot, new: Snapshot) -> None:
 
 def changed(old: Snapshot, new: Snapshot) -> set[Hashable] | None:
     """The dependency keys whose inputs differ; None when the fleet itself changed (everything is affected)."""
-    if old.clusters != new.clusters or old.labels != new.labels:
+    if old.clusters != new.clusters or old.labels != new.labels or old.region_costs != new.region_costs:
         return None
     out: set[Hashable] = set()
     topos = (topology(old), topology(new))
+    for key in old.evicted.keys() | new.evicted.keys():
+        # the hub evicted or restored clusters of a FailoverPolicy's destination (mgmt.failover)
+        if old.evicted.get(key, frozenset()) != new.evicted.get(key, frozenset()):
+            for topo in topos:
+                if (dest := topo.destinations.get(key)) is not None:
+                    out |= _whole(dest)
     before = {r.meta.key: r for r in old.resources.all()}
     after = {r.meta.key: r for r in new.resources.all()}
     for key in before.keys() | after.keys():

@@ -13,6 +13,7 @@ import time
 import uuid
 from pathlib import Path
 
+import yaml
 from kubernetes.client import ApiClient
 
 from meshfleet.kubeclients import KubeConfigError, kubernetes_client
@@ -21,6 +22,7 @@ from mgmt import status as status_view
 from mgmt.enrollment import IssuedToken, add_cluster, issue_token
 from mgmt.kubewatching import KubePolicySource
 from mgmt.meshclusters import MeshClusterManager
+from mgmt.regions import RegionCostsError, parse_costs
 from mgmt.registry import ORIGIN_MESHCLUSTER, Registry, RegistryError
 from mgmt.roots import SecretRootStore
 from mgmt.serving import Hub
@@ -46,6 +48,9 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     hub.add_argument("--heartbeat-interval", type=float, default=5.0, help="seconds (default %(default)s)")
     hub.add_argument("--liveness-grace", type=float, default=15.0,
                      help="seconds without a message before a cluster is Unreachable (default %(default)s)")
+    hub.add_argument("--region-costs", type=Path, metavar="FILE",
+                     help="YAML of the costs (e.g. latency in ms) of links between regions, for the nearest-regions "
+                          "failover order (default: every region equally near)")
     hub.set_defaults(func=run_hub)
 
     cluster = sub.add_parser("cluster", help="manage member clusters")
@@ -234,11 +239,27 @@ def hub_namespace(in_cluster: bool) -> str:
     return "meshfleet-system"
 
 
+def load_region_costs(path: Path) -> tuple[tuple[str, str, float], ...]:
+    """The region-costs file, validated; raises RegionCostsError naming the file and the place."""
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise RegionCostsError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    except yaml.YAMLError as exc:
+        raise RegionCostsError(f"{path}: not YAML: {exc}") from exc
+    return parse_costs(doc, str(path))
+
+
 def run_hub(args: argparse.Namespace) -> int:
+    try:
+        costs = load_region_costs(args.region_costs) if args.region_costs else ()
+    except RegionCostsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     settings = HubSettings(state_dir=args.state_dir, listen=args.listen, bootstrap_listen=args.bootstrap_listen,
                            policies_dir=args.policies, advertise_hosts=tuple(args.advertise_host),
                            heartbeat_interval=args.heartbeat_interval, liveness_grace=args.liveness_grace,
-                           stream_timeout=max(args.liveness_grace, 4 * args.heartbeat_interval))
+                           stream_timeout=max(args.liveness_grace, 4 * args.heartbeat_interval), region_costs=costs)
 
     source: KubePolicySource | None = None
     api: ApiClient | None = None

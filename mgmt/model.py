@@ -284,6 +284,10 @@ class Snapshot:
     discovery: Mapping[str, Discovery]
     resources: Resources = Resources()
     labels: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # cluster -> MeshCluster labels
+    # the links between regions the hub's operator declared (mgmt.regions), for the topology failover order
+    region_costs: tuple[tuple[str, str, float], ...] = ()
+    # FailoverPolicy key -> the clusters the hub evicted from its destination (mgmt.failover decides)
+    evicted: Mapping[str, frozenset[str]] = field(default_factory=dict)
     memo: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def cluster_labels(self, name: str) -> Mapping[str, str]:

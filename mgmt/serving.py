@@ -25,6 +25,7 @@ from meshfleet.jointokens import register_address
 from meshfleet.names import dns1123_label_error
 from meshfleet.v1 import hub_pb2, hub_pb2_grpc
 from mgmt import changes
+from mgmt.evicting import Evictions, ProbeReportRefused
 from mgmt.identities import (
     CSRRejected,
     cluster_of,
@@ -108,6 +109,9 @@ class Hub(hub_pb2_grpc.HubServicer):
         self._trust_status: dict[str, Any] | None = None
         self._trust_dirty = False
         self._translated_intents: dict[str, ClusterIntent] = {}
+        self.evictions = Evictions(self.registry)
+        self._failover_timer: asyncio.TimerHandle | None = None
+        self._started_at = 0.0
         self.ca = load_or_create_ca(settings.state_dir, dt.datetime.now(dt.UTC))
         if source is None and settings.policies_dir is not None:
             source = DirectoryPolicySource(settings.policies_dir, self.registry.get_meta("policy_last_good"))
@@ -147,6 +151,7 @@ class Hub(hub_pb2_grpc.HubServicer):
     async def start(self) -> None:
         s = self.settings
         self._loop = asyncio.get_running_loop()
+        self._started_at = _now()
         key_pem, cert_pem = ensure_server_certificate(s.state_dir, self.ca, s.advertise_hosts,
                                                       dt.datetime.now(dt.UTC))
         self._load_state()
@@ -179,6 +184,8 @@ class Hub(hub_pb2_grpc.HubServicer):
             handle.cancel()
         if self._trust_timer is not None:
             self._trust_timer.cancel()
+        if self._failover_timer is not None:
+            self._failover_timer.cancel()
         if self._recompute_handle:
             self._recompute_handle.cancel()
         if self._server is not None:
@@ -241,7 +248,8 @@ class Hub(hub_pb2_grpc.HubServicer):
 
     def snapshot(self) -> Snapshot:
         return Snapshot(clusters=dict(self.clusters), discovery=dict(self.discovery),
-                        resources=self.source.resources if self.source else Resources(), labels=dict(self.labels))
+                        resources=self.source.resources if self.source else Resources(), labels=dict(self.labels),
+                        region_costs=self.settings.region_costs, evicted=self.evictions.evicted())
 
     def _recompute(self) -> None:
         """Translate the clusters the change concerns; push to those whose version changed."""
@@ -256,12 +264,15 @@ class Hub(hub_pb2_grpc.HubServicer):
         targets = changes.affected({} if old is None else self._reads, delta, snapshot)
         digests = {r.meta.key: self.digest(r) for r in snapshot.resources.all()}
         trust_changed = self._configure_trust(snapshot.resources.trust)
+        present = set(digests)
         for name in sorted(targets):
             result = translate(snapshot, name)
             self.translations += 1
             self._reads[name] = result.reads
             self._translated[name] = result.problems
-            self._translated_intents[name] = result.intent
+            deleted = self._deletions(name, result.applied, present)
+            self._translated_intents[name] = (dataclasses.replace(result.intent, deleted=deleted) if deleted
+                                              else result.intent)
             self._publish(name, {k: digests[k] for k in result.applied}, result.problems)
         if trust_changed:
             self._retrust(skip=targets)
@@ -282,6 +293,48 @@ class Hub(hub_pb2_grpc.HubServicer):
                 log.warning("%s: %s", p.policy, p.message)
             self.problems = new
             self._save_problems()
+        self._failover_step()  # the policies, or the clusters backing their destinations, may have changed
+
+    def _deletions(self, name: str, applied: frozenset[str], present: set[str]) -> tuple[str, ...]:
+        """Resources the user deleted whose effect the cluster's intent carried: its agent removes their
+        objects at once instead of after its removal grace (a resource missing for any other reason, e.g.
+        a cluster no longer reporting a Service, is not a deletion). Said again until the cluster ACKs."""
+        current = self.intents.get(name)
+        carried = self.included.get(name, {}).get(current.version, {}) if current is not None else {}
+        gone = {k for k in carried if k not in applied and k not in present}
+        previous = self._translated_intents.get(name)
+        if previous is not None and previous.deleted and current is not None \
+                and self.statuses[name].acked_version != current.version:
+            gone |= {k for k in previous.deleted if k not in present}
+        return tuple(sorted(gone))
+
+    # failover ---------------------------------------------------------------------------------
+    def _failover_step(self) -> None:
+        """Let the failover planner look at the clusters' liveness and probes; re-translate if it evicted or
+        restored a cluster, and wake again when a hold-down ends."""
+        snapshot = self._last_snapshot
+        if snapshot is None or self._stopped or self._loop is None:
+            return
+        now = _now()
+        settle = self._started_at + self.settings.liveness_grace
+        if now < settle:
+            # after a (re)start, agents need a grace period to reconnect and report their probes: no decision
+            # before (evictions in hub.db stay in effect meanwhile)
+            if self._failover_timer is None:
+                self._failover_timer = self._loop.call_later(settle - now, self._failover_step)
+            return
+        up = {c: st.connection != "Unreachable" for c, st in self.statuses.items() if c in self.clusters}
+        heard = {c: st.last_heartbeat for c, st in self.statuses.items() if c in self.clusters}
+        result = self.evictions.step(snapshot, self.evictions.health(up, heard, self.sessions, now), now)
+        if result.events:
+            self._status_changed()
+        if self._failover_timer is not None:
+            self._failover_timer.cancel()
+            self._failover_timer = None
+        if result.wake_at is not None and self._loop is not None:
+            self._failover_timer = self._loop.call_later(max(0.0, result.wake_at - _now()), self._failover_step)
+        if self.evictions.evicted() != dict(snapshot.evicted):
+            self.mark_dirty()
 
     def _publish(self, name: str, carried: dict[str, str] | None = None,
                  problems: tuple[Problem, ...] | None = None) -> None:
@@ -485,11 +538,15 @@ class Hub(hub_pb2_grpc.HubServicer):
         now = _now()
         st = self.statuses[cluster]
         st.last_heartbeat = now
+        was_lost = st.connection == "Unreachable"
         if st.connection != "Connected" and cluster in self.sessions:
             log.info("cluster %s is Connected", cluster)
             st.connection = "Connected"
         self._dirty_status = True  # liveness alone: no resource status depends on it (status_epoch stays)
         self._arm_deadline(cluster, now)
+        if was_lost and st.connection != "Unreachable":
+            self.evictions.moved(cluster, now)
+            self._failover_step()
 
     def _arm_deadline(self, cluster: str, last_seen: float) -> None:
         old = self._deadlines.pop(cluster, None)
@@ -507,6 +564,8 @@ class Hub(hub_pb2_grpc.HubServicer):
         log.warning("cluster %s is Unreachable: no message for %.1f s", cluster, self.settings.liveness_grace)
         st.connection = "Unreachable"
         self._dirty_status = True
+        self.evictions.moved(cluster, st.last_heartbeat or _now())
+        self._failover_step()
 
     # Register ---------------------------------------------------------------------------------
     async def Register(self, request: hub_pb2.RegisterRequest,
@@ -624,6 +683,8 @@ class Hub(hub_pb2_grpc.HubServicer):
                 st.connection = "Disconnected"
                 self._dirty_status = True
             log.info("cluster %s stream closed", session.cluster)
+            if self.evictions.forget_prober(session.cluster):
+                self._failover_step()
 
     def _refuse(self, session: Session, code: grpc.StatusCode, message: str) -> None:
         session.refused = StreamRefused(code, message)
@@ -681,6 +742,12 @@ class Hub(hub_pb2_grpc.HubServicer):
                 self._status_changed()
                 self._save_trust_status()
                 self._trust_tick()
+        elif kind == "probes":
+            try:
+                if self.evictions.report(cluster, msg.probes, self.clusters):
+                    self._failover_step()
+            except ProbeReportRefused as exc:
+                log.error("probe report of %s refused, keeping the previous one: %s", cluster, exc)
         elif kind == "hello":
             raise StreamRefused(grpc.StatusCode.INVALID_ARGUMENT, "hello sent twice on one stream")
         session.wake.set()

@@ -38,6 +38,8 @@ class HubSettings:
     """Status (heartbeats, ACKs) is written to hub.db at most this often."""
     trust_refresh: float = 30.0
     """How often the TrustPolicy is taken again although it did not change (a supplied root's Secret may have)."""
+    region_costs: tuple[tuple[str, str, float], ...] = ()
+    """Declared costs (latency) of links between regions (mgmt.regions): the nearest-regions failover order."""
     client_cert_days: int = 365
     """Validity of the client certificates Register issues."""
 

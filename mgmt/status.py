@@ -10,6 +10,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from mgmt.evicting import EVENTS_KEY, STATE_KEY
 from mgmt.registry import Registry
 
 
@@ -51,8 +52,13 @@ def collect(registry: Registry) -> dict[str, Any]:
             "caError": cas.get(name, {}).get("error", ""),
         })
     problems = registry.get_meta("policy_problems") or {"source_errors": [], "problems": []}
+    state = registry.get_meta(STATE_KEY) or {}
+    evictions = [{"policy": policy, "cluster": cluster, "since": e["since"], "reason": e["reason"]}
+                 for policy, found in sorted((state.get("evictions") or {}).items())
+                 for cluster, e in sorted(found.items())]
     return {"clusters": clusters, "policySourceErrors": problems["source_errors"],
-            "policyProblems": problems["problems"]}
+            "policyProblems": problems["problems"], "evictions": evictions,
+            "failoverEvents": registry.get_meta(EVENTS_KEY) or []}
 
 
 def render_text(doc: dict[str, Any], now: float | None = None) -> str:
@@ -70,6 +76,14 @@ def render_text(doc: dict[str, Any], now: float | None = None) -> str:
     if doc["policyProblems"]:
         out.append("\npolicy problems:")
         out += [f"  {p['policy']}: {p['message']}" for p in doc["policyProblems"]]
+    if doc.get("evictions"):
+        out.append("\nevicted by failover (endpoints out of other clusters' intents):")
+        out += [f"  {e['cluster']} from {e['policy']} (since {_ago(e['since'], now)}): {e['reason']}"
+                for e in doc["evictions"]]
+    if doc.get("failoverEvents"):
+        out.append("\nrecent failover events:")
+        out += [f"  {_ago(e['at'], now)}: {e['policy']}: {e['kind']}{' ' + e['cluster'] if e['cluster'] else ''}: "
+                f"{e['message']}" for e in doc["failoverEvents"][-10:]]
     return "\n".join(out)
 
 

@@ -192,3 +192,18 @@ def trust_status(previous: Mapping[str, Any] | None, generation: int, ref: str, 
             "roots": [{"fingerprint": r["fingerprint"], "state": r["state"], "notAfter": r["notAfter"]}
                       for r in trust.get("roots") or []],
             "conditions": conditions, "clusters": clusters}
+
+
+FAILOVER_EVENTS_SHOWN = 10
+
+
+def failover_status(policy: str, failover: Mapping[str, Any]) -> dict[str, Any]:
+    """A FailoverPolicy's share of the hub's failover document (mgmt.evicting.Evictions.document): the clusters
+    evicted from its destination and its last FAILOVER_EVENTS_SHOWN decisions, newest last."""
+    evicted = [{"cluster": cluster, "since": rfc3339(e["since"]), "reason": e["reason"]}
+               for cluster, e in sorted((failover.get("evictions") or {}).get(policy, {}).items())]
+    events = [{"time": rfc3339(e["at"]), "type": e["kind"], **({"cluster": e["cluster"]} if e["cluster"] else {}),
+               "message": e["message"]}
+              for e in failover.get("events") or [] if e["policy"] == policy][-FAILOVER_EVENTS_SHOWN:]
+    return {"evicted": evicted, "events": events}
+

@@ -21,7 +21,7 @@ from meshfleet.kubeclients import api_message
 from mgmt.kubewatching import GROUP, PLURALS, VERSION, KubePolicySource
 from mgmt.model import cr_ref
 from mgmt.serving import Hub
-from mgmt.statuses import cluster_states, policy_status, same_status, trust_status
+from mgmt.statuses import cluster_states, failover_status, policy_status, same_status, trust_status
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,7 @@ class PolicyStatusWriter:
             errors.setdefault(e.file, []).append(e.message)  # e.file is the resource's ref (cr_ref)
         facts, now = self.hub.facts(), self.now()
         trust = self.hub.trust.status()
+        failover = self.hub.evictions.document()
         out = {}
         for (kind, ns, name), obj in (self.source.objects() if objects is None else objects).items():
             key, ref = f"{kind}/{ns}/{name}", cr_ref(kind, ns, name)
@@ -73,8 +74,11 @@ class PolicyStatusWriter:
                 continue  # the source has not taken this version of the resource in yet
             states = [] if resource is None else cluster_states(
                 key, self.hub.digest(resource), self.hub.concerned.get(key, ()), facts)
-            out[(kind, ns, name)] = (obj, policy_status(obj.get("status"), generation, errors.get(ref, []), states,
-                                                        now, self.hub.resource_problems.get(key, [])))
+            status = policy_status(obj.get("status"), generation, errors.get(ref, []), states, now,
+                                   self.hub.resource_problems.get(key, []))
+            if kind == "FailoverPolicy":
+                status.update(failover_status(key, failover))
+            out[(kind, ns, name)] = (obj, status)
         return out
 
     async def flush(self) -> None:

@@ -16,7 +16,7 @@ snapshot in `snapshot.memo`, so the objects are shared and encoded once.
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from meshfleet.intents import (
@@ -27,6 +27,7 @@ from meshfleet.intents import (
     ClusterIntent,
     Mirror,
     MtlsRule,
+    OutlierDetection,
     Port,
     RouteRule,
     ServiceIntent,
@@ -34,9 +35,13 @@ from meshfleet.intents import (
     WeightedTarget,
 )
 from mgmt.model import AccessPolicy, FailoverPolicy, Snapshot, TrafficPolicy, age
+from mgmt.regions import region_graph
 from mgmt.topology import GlobalService, Problem, ServiceKey, Topology, topology
 
-__all__ = ["Problem", "Translation", "redistribute", "resource_problems", "translate"]
+__all__ = ["DEFAULT_OUTLIER", "Problem", "Translation", "evicted_from", "failover_of", "redistribute", "regions",
+           "resource_problems", "translate"]
+
+DEFAULT_OUTLIER = OutlierDetection()  # 5 consecutive 5xx, every 10s, ejected 30s, up to 100 %
 
 
 @dataclass(frozen=True)
@@ -71,29 +76,61 @@ def _scoped(snapshot: Snapshot, scope: Hashable) -> dict[Any, Any]:
     return found
 
 
-def _catalog(snapshot: Snapshot, topo: Topology, key: ServiceKey
-             ) -> tuple[tuple[Backend, ...], tuple[Backend, ...], tuple[str, ...]]:
-    """(backends reachable through a gateway, backends without one, problems) of a global service."""
+Catalog = tuple[tuple[Backend, ...], tuple[Backend, ...], tuple[str, ...]]
+
+
+def _catalog(snapshot: Snapshot, topo: Topology, key: ServiceKey) -> Catalog:
+    """(backends other clusters reach, backends only their own cluster reaches, problems) of a global service.
+
+    A backend only its own cluster reaches has no east-west gateway address, or was evicted by the hub
+    (its cluster is lost; FailoverPolicy evictLostClusters). Eviction never takes the last backends:
+    with every reachable backend lost, clients keep them and rely on outlier detection.
+    """
     memo = _scoped(snapshot, ("svc", key))
     if "catalog" not in memo:
         gs = topo.services[key]
         reachable: list[Backend] = []
-        gatewayless: list[Backend] = []
+        own_only: list[Backend] = []
         problems: list[str] = []
+        evicted = evicted_from(snapshot, topo, key)
         for name in topo.servers[key]:
             report = snapshot.discovery[name]
             found = report.services[(gs.namespace, gs.service)]
             backend = Backend(snapshot.clusters[name], report.gateway_address, report.gateway_port, found.subsets)
-            (reachable if report.gateway_address else gatewayless).append(backend)
+            (reachable if report.gateway_address else own_only).append(backend)
             if not report.gateway_address:
                 problems.append(f"cluster {name} backs {gs.namespace}/{gs.service} but reports no east-west gateway "
                                 "address; only its own clients reach it")
-        memo["catalog"] = (tuple(reachable), tuple(gatewayless), tuple(problems))
-    result: tuple[tuple[Backend, ...], tuple[Backend, ...], tuple[str, ...]] = memo["catalog"]
+        if evicted and any(b.cluster.name not in evicted for b in reachable):
+            own_only.extend(b for b in reachable if b.cluster.name in evicted)
+            reachable = [b for b in reachable if b.cluster.name not in evicted]
+        memo["catalog"] = (tuple(reachable), tuple(sorted(own_only, key=lambda b: b.cluster.name)), tuple(problems))
+    result: Catalog = memo["catalog"]
     return result
 
 
-def _failover(topo: Topology, key: ServiceKey) -> FailoverPolicy | None:
+def evicted_from(snapshot: Snapshot, topo: Topology, key: ServiceKey) -> frozenset[str]:
+    """The clusters the hub evicted from a global service (by its FailoverPolicy)."""
+    failover = failover_of(topo, key)
+    if failover is None or not failover.evict_lost_clusters:
+        return frozenset()
+    return snapshot.evicted.get(failover.meta.key, frozenset())
+
+
+def regions(snapshot: Snapshot, region: str) -> tuple[tuple[str, ...], ...]:
+    """The other regions as seen from `region`, nearest first in tiers (mgmt.regions), computed once per region."""
+    memo: dict[str, tuple[tuple[str, ...], ...]] = snapshot.memo.setdefault("region-tiers", {})
+    if region not in memo:
+        if "region-graph" not in snapshot.memo:
+            snapshot.memo["region-graph"] = region_graph({c.region for c in snapshot.clusters.values()},
+                                                         snapshot.region_costs)
+        names = {c.region for c in snapshot.clusters.values()}
+        memo[region] = snapshot.memo["region-graph"].tiers(region, names)
+    return memo[region]
+
+
+def failover_of(topo: Topology, key: ServiceKey) -> FailoverPolicy | None:
+    """The FailoverPolicy in effect for a global service (the oldest one not refused), if any."""
     found = [p for p in topo.policies(key, "FailoverPolicy") if p.meta.key not in topo.refused]
     policy = found[0] if found else None
     assert policy is None or isinstance(policy, FailoverPolicy)
@@ -108,9 +145,10 @@ def _ports(snapshot: Snapshot, gs: GlobalService, backends: tuple[Backend, ...])
 
 
 def _service(snapshot: Snapshot, topo: Topology, cluster: str, key: ServiceKey) -> ServiceIntent | None:
-    """The service as `cluster` sees it as a client: every reachable backend, plus its own copy if gatewayless.
+    """The service as `cluster` sees it as a client: every reachable backend, plus its own copy if others
+    cannot reach it (no gateway, or evicted: a returning cluster's own clients keep their local copy).
 
-    Every cluster but a gatewayless backend sees the same object (computed once, encoded once).
+    Every cluster but those backends sees the same object (computed once, encoded once).
     """
     memo = _scoped(snapshot, ("svc", key))
     view = memo.get("view")
@@ -134,9 +172,13 @@ def _service_of(snapshot: Snapshot, topo: Topology, key: ServiceKey, backends: t
     if not backends:
         return None
     gs = topo.services[key]
-    failover = _failover(topo, key)
+    failover = failover_of(topo, key)
+    # every multicluster destination gets outlier detection (Istio's locality failover needs it): the
+    # FailoverPolicy's settings, or the defaults
     return ServiceIntent(gs.namespace, gs.name, _ports(snapshot, gs, backends), backends, gs.host, gs.service,
-                         failover.outlier if failover else None)
+                         failover.outlier if failover else DEFAULT_OUTLIER,
+                         priority=failover.priority if failover and failover.priority_mode == "Explicit" else (),
+                         origin=gs.origin)
 
 
 def _served(snapshot: Snapshot, topo: Topology, cluster: str, key: ServiceKey) -> ServiceIntent:
@@ -152,17 +194,32 @@ def _served(snapshot: Snapshot, topo: Topology, cluster: str, key: ServiceKey) -
         found = report.services[(gs.namespace, gs.service)]
         own = (Backend(snapshot.clusters[cluster], report.gateway_address, report.gateway_port, found.subsets),)
         # no client here: failover settings (outlier detection) act on the calling side only
-        memo[entry] = ServiceIntent(gs.namespace, gs.name, _ports(snapshot, gs, own), own, gs.host, gs.service)
+        memo[entry] = ServiceIntent(gs.namespace, gs.name, _ports(snapshot, gs, own), own, gs.host, gs.service,
+                                    origin=gs.origin)
     served: ServiceIntent = memo[entry]
     return served
 
 
-def _route(snapshot: Snapshot, policy: TrafficPolicy, service: ServiceIntent) -> tuple[TrafficRoute | None, list[str]]:
-    """A policy's rules over the backends `service` offers; unreachable targets' weight goes to the others."""
+def _implicit(snapshot: Snapshot, key: ServiceKey, service: ServiceIntent, policy: TrafficPolicy) -> ServiceIntent:
+    """An implicit service comes from the policy routing it: the same object for every client of that policy."""
+    memo, entry = _scoped(snapshot, ("svc", key)), ("implicit", id(service), policy.meta.key)
+    if entry not in memo:
+        memo[entry] = (service, replace(service, origin=policy.meta.key))  # holding service keeps its id
+    found: ServiceIntent = memo[entry][1]
+    return found
+
+
+def _route(snapshot: Snapshot, policy: TrafficPolicy, service: ServiceIntent, evicted: frozenset[str] = frozenset()
+           ) -> tuple[TrafficRoute | None, list[str]]:
+    """A policy's rules over the backends `service` offers; unreachable targets' weight goes to the others.
+
+    An evicted cluster's weight is shared the same way (in proportion to the others'), as the hub's
+    failover decision, which is an event rather than a problem of the policy.
+    """
     available = {b.cluster.name: {s.name for s in b.subsets} for b in service.backends}
     # the subsets are part of the key: the same clusters with other versions route differently
     memo = _scoped(snapshot, ("policy", policy.meta.key))
-    entry = frozenset((c, frozenset(subsets)) for c, subsets in available.items())
+    entry = (frozenset((c, frozenset(subsets)) for c, subsets in available.items()), evicted)
     if entry in memo:
         cached: tuple[TrafficRoute | None, list[str]] = memo[entry]
         return cached
@@ -177,6 +234,8 @@ def _route(snapshot: Snapshot, policy: TrafficPolicy, service: ServiceIntent) ->
     def usable(cluster: str, subset: str, what: str, otherwise: str = "its weight goes to the others") -> bool:
         if cluster not in snapshot.clusters:
             problems.append(f"{what} names unknown cluster {cluster!r}")
+        elif cluster in evicted and cluster not in available:
+            pass
         elif cluster not in available:
             problems.append(f"{what}: cluster {cluster} has no reachable backend of {service.namespace}/"
                             f"{service.service}; {otherwise}")
@@ -300,7 +359,7 @@ def translate(snapshot: Snapshot, cluster: str) -> Translation:
             # the common case, kept lean: a service exported to this cluster that no policy routes here
             services[key] = service
             applied.add(gs.origin)
-            if service.outlier is not None and (failover := _failover(topo, key)) is not None:
+            if service.outlier is not None and (failover := failover_of(topo, key)) is not None:
                 applied.add(failover.meta.key)
             continue
         mine = [p for p in routing if isinstance(p, TrafficPolicy) and cluster in topo.clients.get(p.meta.key, ())]
@@ -313,7 +372,7 @@ def translate(snapshot: Snapshot, cluster: str) -> Translation:
                           "east-west gateway address, or none reports the Service); nothing sent there"
             if gs.origin:
                 problems.append(Problem(gs.origin, unreachable))
-            if (failover := _failover(topo, key)) is not None:
+            if (failover := failover_of(topo, key)) is not None:
                 problems.append(Problem(failover.meta.key, unreachable))
             continue
         problems.extend(Problem(p.meta.key, m) for p in mine for m in _catalog(snapshot, topo, key)[2])
@@ -325,16 +384,16 @@ def translate(snapshot: Snapshot, cluster: str) -> Translation:
                     f"{winner.meta.ref} (older) already routes {gs.namespace}/{gs.name} in {cluster}; "
                     f"not applied in {cluster}")))
                 continue
-            route, messages = _route(snapshot, policy, service)
+            route, messages = _route(snapshot, policy, service, evicted_from(snapshot, topo, key))
             problems.extend(Problem(policy.meta.key, m) for m in messages)
             if route is not None:
                 winner = policy
                 traffic.append(route)
                 applied.add(policy.meta.key)
-        failover = _failover(topo, key)
+        failover = failover_of(topo, key)
         if gs.origin or route is not None:
             # an implicit service travels only with its route: alone it would spread traffic the policy excludes
-            services[key] = service
+            services[key] = service if gs.origin or winner is None else _implicit(snapshot, key, service, winner)
             if gs.origin:
                 applied.add(gs.origin)
             if failover is not None:
@@ -363,8 +422,10 @@ def translate(snapshot: Snapshot, cluster: str) -> Translation:
     applied |= done
     mtls, found = _mtls(guarded, cluster)
     problems.extend(found)
+    me = snapshot.clusters[cluster]
     intent = ClusterIntent(
-        cluster=snapshot.clusters[cluster],
+        cluster=me,
+        regions=regions(snapshot, me.region),
         services=tuple(services[k] for k in sorted(services)),
         traffic=tuple(sorted(traffic, key=lambda t: (t.namespace, t.service))),
         access=tuple(sorted(access, key=lambda a: (a.namespace, a.policy))),

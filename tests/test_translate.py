@@ -466,9 +466,13 @@ def test_outlier_detection_lands_on_the_service_for_receivers() -> None:
     assert concerned(snap)[FP + "f"] == (AP, EU)
 
 
-def test_without_failover_policy_there_is_no_outlier_setting() -> None:
-    [svc] = translate(snapshot(mcs("reviews", clusters(US, EU))), AP).intent.services
-    assert svc.outlier is None
+def test_without_failover_policy_clients_get_the_default_outlier_detection() -> None:
+    snap = snapshot(mcs("reviews", clusters(US, EU), export_to=clusters(AP)))
+    [svc] = translate(snap, AP).intent.services
+    assert svc.outlier == OutlierDetection(5, "10s", "30s", 100)
+    assert svc.priority == ()
+    [served] = translate(snap, US).intent.services  # serving only: outlier detection acts on callers
+    assert served.outlier is None
 
 
 def test_two_failover_policies_the_older_one_is_applied() -> None:
