@@ -7,10 +7,10 @@ from collections.abc import Mapping
 
 import pytest
 
-from meshfleet.intents import ClusterRef, ServiceIntent, WeightedTarget
+from meshfleet.intents import ClusterRef, OutlierDetection, ServiceIntent, WeightedTarget
 from mgmt import changes, failover
 from mgmt.failover import Eviction, Health, Rule, State
-from mgmt.model import ClusterSelector, FailoverPolicy, OutlierDetection, Snapshot
+from mgmt.model import ClusterSelector, FailoverPolicy, Snapshot
 from mgmt.regions import RegionCostsError, parse_costs, region_graph
 from mgmt.translate import translate
 from tests.snapshots import NS, meta, report, service, snapshot, split, to_mcs
@@ -170,13 +170,14 @@ def test_the_same_link_declared_both_ways_with_one_cost_is_fine() -> None:
 # the planner ----------------------------------------------------------------------------------------
 RULE = Rule("FailoverPolicy/ns/f", frozenset({"a", "b", "c"}), hold_down=60.0)
 UP = Health(True, 0.0)
+NOTHING = State()
 
 
 def healthy(**changes: Health) -> dict[str, Health]:
     return {"a": UP, "b": UP, "c": UP, **changes}
 
 
-def run(health: Mapping[str, Health], state: State = State(), now: float = 100.0, rule: Rule = RULE,
+def run(health: Mapping[str, Health], state: State = NOTHING, now: float = 100.0, rule: Rule = RULE,
         regions: Mapping[str, str] | None = None) -> failover.Step:
     return failover.step([rule], health, state, now, regions)
 
