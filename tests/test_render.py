@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from agent.render import RenderContext, RenderError, policy_object_name, render
+from agent.render import ORIGIN_ANNOTATION, RenderContext, RenderError, policy_object_name, render
 from agent.settings import AgentSettings
 from agent.syncing import Agent
 from meshfleet.intents import (
@@ -171,24 +172,44 @@ def test_a_custom_host_backed_by_a_differently_named_service() -> None:
                                        "weight": 100}]
 
 
+TIER_1 = {"meshfleet.io/failover-tier-1": "true"}
+
+
 @pytest.mark.parametrize("outlier, expected", [
     pytest.param(None, {"tls": {"mode": "ISTIO_MUTUAL"}}, id="none"),
     pytest.param(OutlierDetection(), {
         "tls": {"mode": "ISTIO_MUTUAL"},
         "outlierDetection": {"consecutive5xxErrors": 5, "interval": "10s", "baseEjectionTime": "30s",
                              "maxEjectionPercent": 100},
-        "loadBalancer": {"localityLbSetting": {"enabled": True}}}, id="defaults"),
+        "loadBalancer": {"localityLbSetting": {"enabled": True,
+                                               "failoverPriority": ["meshfleet.io/failover-tier-1=true"]}}},
+                 id="defaults"),
     pytest.param(OutlierDetection(3, "1.5s", "2m", 50), {
         "tls": {"mode": "ISTIO_MUTUAL"},
         "outlierDetection": {"consecutive5xxErrors": 3, "interval": "1.5s", "baseEjectionTime": "2m",
                              "maxEjectionPercent": 50},
-        "loadBalancer": {"localityLbSetting": {"enabled": True}}}, id="tuned"),
+        "loadBalancer": {"localityLbSetting": {"enabled": True,
+                                               "failoverPriority": ["meshfleet.io/failover-tier-1=true"]}}},
+                 id="tuned"),
 ])
 def test_outlier_detection_comes_with_locality_failover(outlier: OutlierDetection | None,
                                                         expected: dict[str, Any]) -> None:
     service = ServiceIntent("bookinfo", "ratings", HTTP, (backend(US), backend(AP)), outlier=outlier)
-    assert rendered(US, (service,))[("DestinationRule", "bookinfo", "ratings-global")]["spec"]["trafficPolicy"] \
-        == expected
+    objs = rendered(US, (service,))
+    assert objs[("DestinationRule", "bookinfo", "ratings-global")]["spec"]["trafficPolicy"] == expected
+    # the local copy first, then the other region; no failover order without outlier detection
+    labels = [e["labels"] for e in objs[("ServiceEntry", "bookinfo", "ratings-global")]["spec"]["endpoints"]]
+    assert labels == [{"meshfleet.io/cluster": "us-east-1", **(TIER_1 if outlier else {})},
+                      {"meshfleet.io/cluster": "ap-south-1"}]
+
+
+def test_a_single_failover_tier_needs_no_failover_priority() -> None:
+    service = ServiceIntent("bookinfo", "ratings", HTTP, (backend(EU), backend(AP)), outlier=OutlierDetection())
+    objs = rendered(US, (service,))  # both in regions the client does not list: one tier
+    assert objs[("DestinationRule", "bookinfo", "ratings-global")]["spec"]["trafficPolicy"]["loadBalancer"] == {
+        "localityLbSetting": {"enabled": True}}
+    assert [e["labels"] for e in objs[("ServiceEntry", "bookinfo", "ratings-global")]["spec"]["endpoints"]] == [
+        {"meshfleet.io/cluster": "eu-west-1"}, {"meshfleet.io/cluster": "ap-south-1"}]
 
 
 # --------------------------------------------------------------------------- VirtualService
@@ -240,7 +261,8 @@ def dest(subset: str, weight: int) -> dict[str, Any]:
 ])
 def test_http_rule_features(given: RouteRule, expected: dict[str, Any]) -> None:
     vs = rendered(EU, (REVIEWS,), (route(given),))[("VirtualService", "bookinfo", "reviews-global")]
-    assert vs["metadata"]["annotations"] == {"meshfleet.io/policy": "bookinfo/reviews-policy"}
+    assert vs["metadata"]["annotations"] == {"meshfleet.io/policy": "bookinfo/reviews-policy",
+                                             "meshfleet.io/origin": "TrafficPolicy/bookinfo/reviews-policy"}
     assert vs["spec"] == {"hosts": ME_HOSTS, "http": [expected]}
 
 
@@ -376,7 +398,8 @@ def test_authorization_policies(given: AccessRule, spec: dict[str, Any]) -> None
     name = "meshfleet-" + given.policy.split("/")[1]
     ap = rendered(US, access=(given,))[("AuthorizationPolicy", "bookinfo", name)]
     assert ap["apiVersion"] == "security.istio.io/v1"
-    assert ap["metadata"]["annotations"] == {"meshfleet.io/policy": given.policy}
+    assert ap["metadata"]["annotations"] == {"meshfleet.io/policy": given.policy,
+                                             "meshfleet.io/origin": "AccessPolicy/" + given.policy}
     assert ap["spec"] == spec
 
 
@@ -406,6 +429,38 @@ def test_policy_object_names(policy: str, name: str) -> None:
 
 def test_distinct_policies_keep_distinct_shortened_names() -> None:
     assert policy_object_name("ns/" + "a" * 250 + "x") != policy_object_name("ns/" + "a" * 250 + "y")
+
+
+# --------------------------------------------------------------------------- origin annotations
+
+
+def test_every_object_from_a_hub_resource_names_it_in_its_origin_annotation() -> None:
+    reviews = replace(REVIEWS, origin="MulticlusterService/bookinfo/reviews")
+    objs = rendered(US, (reviews, MONGO), (route(rule((EU, 100, ""))),),
+                    (AccessRule("bookinfo/from-productpage", "bookinfo", "ALLOW"),
+                     AccessRule("AccessPolicy/bookinfo/deny-writes", "bookinfo", "DENY")),
+                    (MtlsRule("bookinfo/strict", "bookinfo", "STRICT"),))
+    annotations = {key: o["metadata"].get("annotations") for key, o in objs.items()}
+    assert annotations == {
+        ("ServiceEntry", "bookinfo", "reviews-global"): {ORIGIN_ANNOTATION: "MulticlusterService/bookinfo/reviews"},
+        ("DestinationRule", "bookinfo", "reviews-global"): {ORIGIN_ANNOTATION: "MulticlusterService/bookinfo/reviews"},
+        ("VirtualService", "bookinfo", "reviews-global"): {"meshfleet.io/policy": "bookinfo/reviews-policy",
+                                                           ORIGIN_ANNOTATION: "TrafficPolicy/bookinfo/reviews-policy"},
+        # origin unknown: no annotation at all
+        ("ServiceEntry", "bookinfo", "mongodb-global"): None,
+        ("DestinationRule", "bookinfo", "mongodb-global"): None,
+        ("AuthorizationPolicy", "bookinfo", "meshfleet-from-productpage"): {
+            "meshfleet.io/policy": "bookinfo/from-productpage",
+            ORIGIN_ANNOTATION: "AccessPolicy/bookinfo/from-productpage"},
+        # a reference that names its kind already is the key as it is
+        ("AuthorizationPolicy", "bookinfo", "meshfleet-deny-writes"): {
+            "meshfleet.io/policy": "AccessPolicy/bookinfo/deny-writes",
+            ORIGIN_ANNOTATION: "AccessPolicy/bookinfo/deny-writes"},
+        ("PeerAuthentication", "bookinfo", "meshfleet-strict"): {"meshfleet.io/policy": "bookinfo/strict",
+                                                                 ORIGIN_ANNOTATION: "AccessPolicy/bookinfo/strict"},
+        ("Gateway", "istio-system", "meshfleet-eastwest"): None,  # shared by every service: from no one resource
+    }
+    assert ORIGIN_ANNOTATION == "meshfleet.io/origin"
 
 
 # --------------------------------------------------------------------------- intents the agent refuses
@@ -465,6 +520,9 @@ BAD = [
     pytest.param(with_services(ServiceIntent("bookinfo", "x", HTTP, (
         Backend(US, "gw", 15443, (Subset("v1", {"meshfleet.io/subset": "v2"}),)),))),
                  "label 'meshfleet.io/subset' is reserved", id="reserved-subset-label"),
+    pytest.param(with_services(ServiceIntent("bookinfo", "x", HTTP, (
+        Backend(US, "gw", 15443, (Subset("v1", {"meshfleet.io/failover-tier-1": "true"}),)),))),
+                 "label 'meshfleet.io/failover-tier-1' is reserved", id="reserved-failover-tier-label"),
     pytest.param(with_services(ServiceIntent("bookinfo", "x", HTTP, (
         backend(ClusterRef("us", "r", "z", "n"), "east-1"), backend(ClusterRef("us-east-1", "r", "z", "n"))))),
                  "subset 'east-1' of cluster us and cluster us-east-1 both make DestinationRule subset 'us-east-1'",

@@ -17,10 +17,17 @@ from agent.render import (
     serviceentries,
     virtualservices,
 )
-from agent.render.context import POLICY_ANNOTATION, RenderContext, RenderError, policy_object_name
+from agent.render.context import (
+    ORIGIN_ANNOTATION,
+    POLICY_ANNOTATION,
+    RenderContext,
+    RenderError,
+    failover_tiers,
+    policy_object_name,
+)
 from meshfleet.intents import ClusterIntent, TrafficRoute
 
-__all__ = ["RenderContext", "RenderError", "policy_object_name", "render"]
+__all__ = ["ORIGIN_ANNOTATION", "RenderContext", "RenderError", "policy_object_name", "render"]
 
 
 def _routes(intent: ClusterIntent) -> dict[tuple[str, str], TrafficRoute]:
@@ -59,8 +66,10 @@ def render(intent: ClusterIntent, ctx: RenderContext) -> list[dict[str, Any]]:
         if service.host in hosts:
             raise RenderError(f"services {hosts[service.host]} and {where} both claim host {service.host}")
         hosts[service.host] = where
-        objects.append(serviceentries.render(service, ctx))
-        objects.append(destinationrules.render(service, ctx))
+        # one failover order for both: the DestinationRule's failoverPriority reads the endpoints' tier labels
+        tiers = failover_tiers(intent, service)
+        objects.append(serviceentries.render(service, tiers, ctx))
+        objects.append(destinationrules.render(service, tiers, ctx))
         route = routes.get((service.namespace, service.name))
         if route is not None:
             objects.append(virtualservices.render(service, route, ctx))

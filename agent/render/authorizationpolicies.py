@@ -11,7 +11,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent.render.context import POLICY_ANNOTATION, RenderContext, RenderError, policy_object_name
+from agent.render.context import (
+    ACCESS_POLICY_KIND,
+    POLICY_ANNOTATION,
+    RenderContext,
+    RenderError,
+    origin_annotations,
+    policy_object_name,
+    policy_origin,
+)
 from meshfleet.intents import AccessOperation, AccessRule, AccessSource
 
 ACTIONS = ("ALLOW", "DENY")
@@ -78,6 +86,7 @@ def render(rule: AccessRule, ctx: RenderContext) -> dict[str, Any]:
     return {
         "apiVersion": "security.istio.io/v1",
         "kind": "AuthorizationPolicy",
-        "metadata": ctx.metadata(rule.namespace, policy_object_name(rule.policy), **{POLICY_ANNOTATION: rule.policy}),
+        "metadata": ctx.metadata(rule.namespace, policy_object_name(rule.policy), **{POLICY_ANNOTATION: rule.policy},
+                                 **origin_annotations(policy_origin(ACCESS_POLICY_KIND, rule.policy))),
         "spec": spec,
     }

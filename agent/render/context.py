@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
-from meshfleet.intents import IntentError, ServiceIntent, Subset
+from meshfleet.intents import ClusterIntent, IntentError, ServiceIntent, Subset, failover_rank
 from meshfleet.names import dns1123_label_error, dns1123_subdomain_error
 
 MANAGED_BY = "meshfleet-agent"
@@ -16,7 +17,16 @@ CLUSTER_LABEL = "meshfleet.io/cluster"
 # endpoint labels: CLUSTER_LABEL marks the one whole-cluster endpoint per address, these a version's endpoint
 SUBSET_OF_LABEL = "meshfleet.io/subset-of"
 SUBSET_LABEL = "meshfleet.io/subset"
+# endpoint labels `<prefix><k>: "true"` (k = 1..N) placing an endpoint in its failover tier (see FailoverTiers)
+FAILOVER_TIER_LABEL_PREFIX = "meshfleet.io/failover-tier-"
+FAILOVER_TIER_VALUE = "true"
 POLICY_ANNOTATION = "meshfleet.io/policy"
+# key (`Kind/namespace/name`) of the hub resource an object comes from: the agent prunes at once the objects
+# of a resource the intent lists as deleted
+ORIGIN_ANNOTATION = "meshfleet.io/origin"
+# the kinds of hub resource that routes and access or mTLS rules come from (their references omit it)
+TRAFFIC_POLICY_KIND = "TrafficPolicy"
+ACCESS_POLICY_KIND = "AccessPolicy"
 POLICY_PREFIX = "meshfleet-"
 # Go's time.ParseDuration syntax, which Istio's duration fields take ("10s", "1.5s", "1h30m", "250ms")
 _GO_DURATION = re.compile(r"(?:(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:ns|us|µs|ms|s|m|h))+")
@@ -71,11 +81,72 @@ def endpoint_labels(cluster: str, subset: Subset | None = None) -> dict[str, str
     """
     if subset is None:
         return {CLUSTER_LABEL: cluster}
-    reserved = sorted(set(subset.labels) & {CLUSTER_LABEL, SUBSET_OF_LABEL, SUBSET_LABEL})
+    reserved = sorted(k for k in subset.labels if k in (CLUSTER_LABEL, SUBSET_OF_LABEL, SUBSET_LABEL)
+                      or k.startswith(FAILOVER_TIER_LABEL_PREFIX))
     if reserved:
         raise RenderError(f"subset {subset.name!r} of cluster {cluster}: label {reserved[0]!r} is reserved "
                           "for meshfleet's own endpoint labels")
     return {**subset.labels, SUBSET_OF_LABEL: cluster, SUBSET_LABEL: subset.name}
+
+
+def failover_tier_label(k: int) -> str:
+    """The endpoint label key of failover tier label `k` (1-based)."""
+    return f"{FAILOVER_TIER_LABEL_PREFIX}{k}"
+
+
+@dataclass(frozen=True)
+class FailoverTiers:
+    """Where each cluster backing a service stands in the receiving cluster's failover order.
+
+    Istio's locality priorities (zone, region, one `failover` region, the rest) cannot express an order of
+    several regions, so the order is spelled out with `failoverPriority` in its explicit `label=value` form:
+    with N entries, an endpoint whose labels match the first j of them (and not the j+1-th) gets Envoy priority
+    N - j. An endpoint of tier t carries the first N - t tier labels, hence priority t.
+    """
+
+    by_cluster: Mapping[str, int] = field(default_factory=dict)
+    """Backing cluster -> tier, 0 (preferred) to `lowest` with none skipped; empty: no failover order."""
+
+    @property
+    def lowest(self) -> int:
+        """N: the last tier, and the number of `failoverPriority` entries."""
+        return max(self.by_cluster.values(), default=0)
+
+    def labels(self, cluster: str) -> dict[str, str]:
+        """The tier labels of every endpoint of `cluster`'s copy (a cluster not ranked gets none: the last tier)."""
+        tier = self.by_cluster.get(cluster, self.lowest)
+        return {failover_tier_label(k): FAILOVER_TIER_VALUE for k in range(1, self.lowest - tier + 1)}
+
+    def priority(self) -> list[str]:
+        """`localityLbSetting.failoverPriority`: each tier label with the value to match (not the client's own)."""
+        return [f"{failover_tier_label(k)}={FAILOVER_TIER_VALUE}" for k in range(1, self.lowest + 1)]
+
+
+def failover_tiers(intent: ClusterIntent, service: ServiceIntent) -> FailoverTiers:
+    """The receiving cluster's failover tiers of `service`'s backends; none without outlier detection.
+
+    Ranks (meshfleet.intents.failover_rank) are renumbered 0, 1, 2, ... in order, so a rank no backend
+    holds (a region tier without a copy, a cluster in the Explicit list that does not back the service)
+    costs no label and leaves no empty priority. Without outlier detection Istio applies no locality
+    failover at all (nothing would ever move traffic off a failing priority), so there is nothing to order:
+    the serving-side view of a service.
+    """
+    if service.outlier is None:
+        return FailoverTiers()
+    ranks = {b.cluster.name: failover_rank(intent, service, b.cluster) for b in service.backends}
+    dense = {r: i for i, r in enumerate(sorted(set(ranks.values())))}
+    return FailoverTiers({name: dense[r] for name, r in ranks.items()})
+
+
+def origin_annotations(origin: str) -> dict[str, str]:
+    """ORIGIN_ANNOTATION naming resource key `origin`; none when the origin is unknown ("")."""
+    return {ORIGIN_ANNOTATION: origin} if origin else {}
+
+
+def policy_origin(kind: str, policy: str) -> str:
+    """The resource key `Kind/namespace/name` of a policy reference `namespace/name` to a resource of kind `kind`
+    (a reference that already names its kind is kept)."""
+    return policy if policy.count("/") == 2 else f"{kind}/{policy}"
 
 
 def policy_object_name(policy: str) -> str:

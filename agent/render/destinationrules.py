@@ -1,10 +1,12 @@
-"""DestinationRule for a mesh-wide host: cluster and version subsets, Istio mTLS, outlier detection."""
+"""DestinationRule for a mesh-wide host: cluster and version subsets, Istio mTLS, outlier detection and the
+failover order (`failoverPriority` over the ServiceEntry endpoints' tier labels, see context.FailoverTiers)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from agent.render.context import (
+    FailoverTiers,
     RenderContext,
     RenderError,
     check_duration,
@@ -12,6 +14,7 @@ from agent.render.context import (
     check_subset_name,
     endpoint_labels,
     global_name,
+    origin_annotations,
     subset_name,
 )
 from meshfleet.intents import OutlierDetection, ServiceIntent
@@ -48,16 +51,24 @@ def _outlier(o: OutlierDetection, where: str) -> dict[str, Any]:
     }
 
 
-def render(service: ServiceIntent, ctx: RenderContext) -> dict[str, Any]:
+def render(service: ServiceIntent, tiers: FailoverTiers, ctx: RenderContext) -> dict[str, Any]:
+    """The DestinationRule of `service`; `tiers` must be those its ServiceEntry's endpoints were labelled with."""
     # across networks the east-west gateway routes by the SNI of Istio mTLS: required
     policy: dict[str, Any] = {"tls": {"mode": "ISTIO_MUTUAL"}}
     if service.outlier is not None:
         policy["outlierDetection"] = _outlier(service.outlier, f"service {service.namespace}/{service.name}")
         # locality failover moves traffic only off endpoints outlier detection ejects; the two go together
-        policy["loadBalancer"] = {"localityLbSetting": {"enabled": True}}
+        locality: dict[str, Any] = {"enabled": True}
+        if tiers.lowest:
+            # Istio then orders endpoints by these labels alone: their locality no longer counts. With a single
+            # tier there is no order to give and Istio keeps its own (zone, region, rest), which does not split
+            # backends failover_rank ties in topology order (save zone-less ones); it does split an Explicit
+            # order none of whose listed clusters back the service, by nearness.
+            locality["failoverPriority"] = tiers.priority()
+        policy["loadBalancer"] = {"localityLbSetting": locality}
     return {
         "apiVersion": "networking.istio.io/v1",
         "kind": "DestinationRule",
-        "metadata": ctx.metadata(service.namespace, global_name(service)),
+        "metadata": ctx.metadata(service.namespace, global_name(service), **origin_annotations(service.origin)),
         "spec": {"host": service.host, "trafficPolicy": policy, "subsets": subsets(service)},
     }

@@ -14,6 +14,10 @@ The host's own (unsubsetted) pool holds every endpoint, so endpoint weights even
 endpoints weigh `1 + (most versions any cluster has)` in total, versions 1 each and the whole-cluster endpoint
 the rest. A cluster thus gets the same share with or without versions, as a plain per-cluster endpoint does.
 
+Every endpoint of a cluster's copy also carries that cluster's failover tier labels (context.FailoverTiers),
+which the DestinationRule's `failoverPriority` turns into Envoy priorities. Subsets never name those labels (they
+are reserved), and selection is by inclusion, so they change no subset's selection.
+
 A call to a remote version carries its subset name in the SNI (`outbound_.<port>_.<cluster>-<name>_.<host>`)
 and the serving cluster's gateway resolves it against that cluster's own DestinationRule, i.e. to the version
 endpoint of its local copy. That copy is addressed by its Kubernetes Service name, whose ClusterIP balances
@@ -24,7 +28,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent.render.context import RenderContext, RenderError, endpoint_labels, global_name
+from agent.render.context import (
+    FailoverTiers,
+    RenderContext,
+    RenderError,
+    endpoint_labels,
+    global_name,
+    origin_annotations,
+)
 from meshfleet.intents import Backend, ServiceIntent
 from meshfleet.names import address_error, dns1123_subdomain_error
 
@@ -69,19 +80,22 @@ def _endpoint(service: ServiceIntent, backend: Backend, ctx: RenderContext, labe
     return out
 
 
-def render(service: ServiceIntent, ctx: RenderContext) -> dict[str, Any]:
+def render(service: ServiceIntent, tiers: FailoverTiers, ctx: RenderContext) -> dict[str, Any]:
+    """The ServiceEntry of `service`, its endpoints labelled with their cluster's failover tier in `tiers`."""
     check_service(service)
     most_versions = max(len(b.subsets) for b in service.backends)
     endpoints: list[dict[str, Any]] = []
     for b in service.backends:
+        tier = tiers.labels(b.cluster.name)
         # with no versions anywhere every endpoint weighs the same: leave weights out
-        endpoints.append(_endpoint(service, b, ctx, endpoint_labels(b.cluster.name),
+        endpoints.append(_endpoint(service, b, ctx, {**endpoint_labels(b.cluster.name), **tier},
                                    1 + most_versions - len(b.subsets) if most_versions else None))
-        endpoints.extend(_endpoint(service, b, ctx, endpoint_labels(b.cluster.name, x), 1) for x in b.subsets)
+        endpoints.extend(_endpoint(service, b, ctx, {**endpoint_labels(b.cluster.name, x), **tier}, 1)
+                         for x in b.subsets)
     return {
         "apiVersion": "networking.istio.io/v1",
         "kind": "ServiceEntry",
-        "metadata": ctx.metadata(service.namespace, global_name(service)),
+        "metadata": ctx.metadata(service.namespace, global_name(service), **origin_annotations(service.origin)),
         "spec": {
             "hosts": [service.host],
             "location": "MESH_INTERNAL",

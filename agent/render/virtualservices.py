@@ -6,11 +6,14 @@ from typing import Any
 
 from agent.render.context import (
     POLICY_ANNOTATION,
+    TRAFFIC_POLICY_KIND,
     RenderContext,
     RenderError,
     check_duration,
     check_percent,
     global_name,
+    origin_annotations,
+    policy_origin,
     subset_name,
 )
 from meshfleet.intents import (
@@ -175,6 +178,7 @@ def render(service: ServiceIntent, route: TrafficRoute, ctx: RenderContext) -> d
     return {
         "apiVersion": "networking.istio.io/v1",
         "kind": "VirtualService",
-        "metadata": ctx.metadata(service.namespace, global_name(service), **{POLICY_ANNOTATION: route.policy}),
+        "metadata": ctx.metadata(service.namespace, global_name(service), **{POLICY_ANNOTATION: route.policy},
+                                 **origin_annotations(policy_origin(TRAFFIC_POLICY_KIND, route.policy))),
         "spec": spec,
     }
