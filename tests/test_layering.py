@@ -11,6 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PURE_CORES = [
     "mgmt/translate.py", "mgmt/topology.py", "mgmt/changes.py", "mgmt/statuses.py", "mgmt/policies.py",
     "mgmt/model.py", "mgmt/tokens.py", "mgmt/certs.py", "mgmt/rotation.py", "meshfleet/pki.py",
+    "mgmt/failover.py", "mgmt/regions.py",
     "agent/render/__init__.py", "agent/render/context.py", "agent/render/serviceentries.py",
     "agent/render/destinationrules.py", "agent/render/virtualservices.py", "agent/render/gateways.py",
     "agent/render/authorizationpolicies.py", "agent/render/peerauthentications.py",
