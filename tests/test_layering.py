@@ -15,7 +15,7 @@ PURE_CORES = [
     "agent/render/__init__.py", "agent/render/context.py", "agent/render/serviceentries.py",
     "agent/render/destinationrules.py", "agent/render/virtualservices.py", "agent/render/gateways.py",
     "agent/render/authorizationpolicies.py", "agent/render/peerauthentications.py",
-    "agent/inventory.py",
+    "agent/inventory.py", "agent/probes.py",
     "meshfleet/__init__.py", "meshfleet/intents.py", "meshfleet/names.py", "meshfleet/jointokens.py",
 ]
 IO_MODULES = {"grpc", "kubernetes", "socket", "sqlite3", "subprocess", "asyncio", "requests", "urllib3"}
