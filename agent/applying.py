@@ -6,6 +6,8 @@
   name without them is never modified or deleted, and the apply is NACKed.
 * Keeps an inventory of what it applied in a ConfigMap, widened before any write
   and narrowed after pruning, so a crash never leaves an applied object untracked.
+  An owned object no longer rendered is pruned unless the caller holds it (see
+  agent.retention): then it is left as it is and stays in the inventory.
 * Writes nothing when the live object already holds every rendered field (a
   resync costs reads, never writes).
 * Retries 409/429/5xx with capped exponential backoff (honouring Retry-After);
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -127,10 +129,16 @@ class KubernetesSink:
             "data": {"objects": json.dumps(items)},
         })
 
-    def holds(self, objects: Iterable[Mapping[str, Any]]) -> bool:
+    def key(self, obj: Mapping[str, Any]) -> str:
+        return str(Ref.of(obj))
+
+    def holds(self, objects: Iterable[Mapping[str, Any]], extra: Iterable[str] = ()) -> bool:
+        """True if the cluster holds these objects, owned, and the inventory lists nothing else but keys in
+        `extra` (objects kept after they stopped being rendered; their content is not checked)."""
         rendered = {Ref.of(o): o for o in objects}
         try:
-            if self.inventory() != set(rendered):
+            owned = self.inventory()
+            if not set(rendered) <= owned or not {str(r) for r in owned - set(rendered)} <= set(extra):
                 return False
             for ref, obj in rendered.items():
                 found = self._get(ref)
@@ -149,8 +157,9 @@ class KubernetesSink:
         except ApiException as exc:
             raise SinkError(f"{what}: the API server refused: {api_message(exc)}") from exc
 
-    def apply(self, objects: Iterable[Mapping[str, Any]]) -> ApplyResult:
-        """Make the cluster hold exactly `objects` among what this agent owns."""
+    def apply(self, objects: Iterable[Mapping[str, Any]], hold: Callable[[str], bool] | None = None) -> ApplyResult:
+        """Make the cluster hold exactly `objects` among what this agent owns, but leave alone (and still own)
+        the objects no longer rendered for which `hold(str(ref))` is True."""
         rendered = {Ref.of(o): o for o in objects}
         with self._step(self.inventory_ref):
             owned = self.inventory()
@@ -173,7 +182,11 @@ class KubernetesSink:
             with self._step(ref):
                 self._apply(obj)
             written += 1
+        held: list[Ref] = []
         for ref in sorted(owned - set(rendered), key=str):
+            if hold is not None and hold(str(ref)):
+                held.append(ref)  # not even read: keeping costs no request
+                continue
             with self._step(ref):
                 current = self._get(ref)
                 if current is None:
@@ -183,7 +196,7 @@ class KubernetesSink:
                     continue
                 self.rest.call("DELETE", ref.path())
             pruned += 1
-        if owned != set(rendered):
+        if owned != set(rendered) | set(held):
             with self._step(self.inventory_ref):
-                self._save_inventory(rendered)
-        return ApplyResult(written, unchanged, pruned)
+                self._save_inventory(set(rendered) | set(held))
+        return ApplyResult(written, unchanged, pruned, tuple(str(r) for r in held))

@@ -1,9 +1,10 @@
 """The directory sink: one YAML file per object under DIR/<namespace>/<kind>-<name>.yaml.
 
 It owns exactly the files listed in DIR/.meshfleet-inventory.json: it writes
-those atomically, prunes those it no longer renders, and refuses to overwrite a
-file it did not write. The inventory is widened before any write, so a crash
-mid-apply never leaves a written file unowned.
+those atomically, prunes those it no longer renders (unless the caller holds
+them, see agent.retention), and refuses to overwrite a file it did not write.
+The inventory is widened before any write, so a crash mid-apply never leaves a
+written file unowned.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import contextlib
 import json
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -33,6 +34,8 @@ class ApplyResult:
     written: int
     unchanged: int
     pruned: int
+    held: tuple[str, ...] = ()
+    """Keys of owned objects no longer rendered that were kept (hold said so), still in the inventory."""
 
     @property
     def changed(self) -> bool:
@@ -45,11 +48,16 @@ _RELATIVE = re.compile(r"^[a-z0-9][-a-z0-9]*/[a-z]+-[a-z0-9][-.a-z0-9]*\.yaml$")
 class Sink(Protocol):
     """Where rendered objects go: a directory (GitOps) or a cluster's API server."""
 
-    def apply(self, objects: Iterable[Mapping[str, Any]]) -> ApplyResult:
-        """Make the target hold exactly `objects` among what the agent owns; raises SinkError."""
+    def key(self, obj: Mapping[str, Any]) -> str:
+        """How this sink names an object (in its inventory, in ApplyResult.held and to `hold`)."""
 
-    def holds(self, objects: Iterable[Mapping[str, Any]]) -> bool:
-        """True if the target already holds exactly these objects (used to trust a cached intent)."""
+    def apply(self, objects: Iterable[Mapping[str, Any]], hold: Callable[[str], bool] | None = None) -> ApplyResult:
+        """Make the target hold exactly `objects` among what the agent owns, but keep (untouched, still owned)
+        the owned objects not rendered for whose key `hold` says True; raises SinkError."""
+
+    def holds(self, objects: Iterable[Mapping[str, Any]], extra: Iterable[str] = ()) -> bool:
+        """True if the target already holds exactly these objects and owns nothing else but keys in `extra`
+        (used to trust a cached intent, `extra` being the objects kept after it stopped rendering them)."""
 
 
 def relative_path(obj: Mapping[str, Any]) -> str:
@@ -92,17 +100,22 @@ class DirectorySink:
     def _save(self, files: Iterable[str]) -> None:
         atomic_write(self.root / INVENTORY, json.dumps({"files": sorted(files)}, indent=1).encode())
 
-    def holds(self, objects: Iterable[Mapping[str, Any]]) -> bool:
-        """True if the directory holds exactly these objects as this sink would write them, and owns them."""
+    def key(self, obj: Mapping[str, Any]) -> str:
+        return relative_path(obj)
+
+    def holds(self, objects: Iterable[Mapping[str, Any]], extra: Iterable[str] = ()) -> bool:
+        """True if the directory holds exactly these objects as this sink would write them, and owns them and
+        nothing else but files in `extra` (whose content is not checked)."""
         wanted = {relative_path(o): to_yaml(o) for o in objects}
-        if self.owned() != set(wanted):
+        owned = self.owned()
+        if not set(wanted) <= owned or not owned - set(wanted) <= set(extra):
             return False
         try:
             return all((self.root / rel).read_bytes() == data for rel, data in wanted.items())
         except OSError:
             return False
 
-    def apply(self, objects: Iterable[Mapping[str, Any]]) -> ApplyResult:
+    def apply(self, objects: Iterable[Mapping[str, Any]], hold: Callable[[str], bool] | None = None) -> ApplyResult:
         rendered: dict[str, bytes] = {}
         last: dict[str, tuple[Mapping[str, Any], bytes]] = {}
         for obj in objects:
@@ -133,7 +146,12 @@ class DirectorySink:
                     pass
                 atomic_write(path, data)
                 written += 1
+            held: list[str] = []
             for rel in sorted(owned - set(rendered)):
+                # a file someone already removed is neither kept nor pruned: it just leaves the inventory
+                if hold is not None and (self.root / rel).exists() and hold(rel):
+                    held.append(rel)
+                    continue
                 try:
                     os.unlink(self.root / rel)
                     pruned += 1
@@ -141,9 +159,9 @@ class DirectorySink:
                     pass
                 with contextlib.suppress(OSError):  # only succeeds if the namespace folder is now empty
                     (self.root / rel).parent.rmdir()
-            if owned != set(rendered):
-                self._save(rendered)
+            if owned != set(rendered) | set(held):
+                self._save(set(rendered) | set(held))
             self._last = last
         except OSError as exc:
             raise SinkError(f"writing manifests under {self.root} failed: {exc}") from exc
-        return ApplyResult(written, unchanged, pruned)
+        return ApplyResult(written, unchanged, pruned, tuple(held))

@@ -79,9 +79,9 @@ def test_an_apply_outlives_the_stream_that_brought_it(tmp_path: Path) -> None:
         gate = threading.Event()
         real_apply = a.sink.apply
 
-        def slow_apply(objects: Any) -> Any:
+        def slow_apply(objects: Any, hold: Any = None) -> Any:
             gate.wait(5)
-            return real_apply(objects)
+            return real_apply(objects, hold)
 
         a.sink.apply = slow_apply  # type: ignore[method-assign,unused-ignore]
         task = asyncio.create_task(a.handle_intent(push(version, content)))

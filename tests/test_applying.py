@@ -162,3 +162,42 @@ def test_a_corrupt_inventory_stops_everything(kube: FakeKube, sink: KubernetesSi
     with pytest.raises(SinkError, match="is corrupt"):
         sink.apply(objects[:1])
     assert kube.writes() == []
+
+
+def test_held_objects_stay_in_the_cluster_and_the_inventory_until_hold_lets_go(
+        kube: FakeKube, sink: KubernetesSink, objects: list[dict[str, Any]]) -> None:
+    sink.apply(objects)
+    dropped = [o for o in objects if o["metadata"]["name"] == "ratings-global"]
+    keep = [o for o in objects if o not in dropped]
+    assert dropped and keep
+    before = {sink.key(o): live(kube, o) for o in dropped}
+    kube.clear_requests()
+    asked: list[str] = []
+
+    def keep_all(key: str) -> bool:
+        asked.append(key)
+        return True
+
+    result = sink.apply(keep, hold=keep_all)
+
+    assert sorted(asked) == sorted(sink.key(o) for o in dropped)
+    assert sorted(result.held) == sorted(asked) and result.pruned == 0
+    assert {sink.key(o): live(kube, o) for o in dropped} == before  # untouched
+    assert not [r for r in kube.writes() if r.verb == "delete"]
+    assert len(sink.inventory()) == len(objects)
+    assert kube.writes() == []  # the inventory already listed them: nothing to write at all
+
+    result = sink.apply(keep, hold=lambda key: False)
+    assert result.pruned == len(dropped) and result.held == ()
+    assert all(live(kube, o) is None for o in dropped)
+    assert len(sink.inventory()) == len(keep)
+
+
+def test_holds_accepts_owned_held_objects_besides_the_rendered_ones(
+        kube: FakeKube, sink: KubernetesSink, objects: list[dict[str, Any]]) -> None:
+    sink.apply(objects)
+    sink.apply(objects[1:], hold=lambda key: True)
+    assert not sink.holds(objects[1:])
+    assert sink.holds(objects[1:], extra=[sink.key(objects[0])])
+    assert sink.key(objects[0]) == f"{objects[0]['kind']} {objects[0]['metadata']['namespace']}/" \
+                                   f"{objects[0]['metadata']['name']}"

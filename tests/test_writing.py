@@ -246,3 +246,65 @@ def test_an_object_changed_since_the_last_apply_is_rewritten(tmp_path: Path) -> 
     result = sink.apply([SE, changed])
     assert (result.written, result.unchanged) == (1, 1)
     assert "other.bookinfo.global" in next(tmp_path.rglob("destinationrule-*.yaml")).read_text()
+
+
+# holding what is no longer rendered (agent.retention decides, the sink obeys) -------------------------------
+def test_held_files_stay_on_disk_and_in_the_inventory_until_hold_lets_go(tmp_path: Path) -> None:
+    sink = DirectorySink(tmp_path)
+    sink.apply([SE, DR, VS])
+    before = snapshot(tmp_path)
+    asked: list[str] = []
+
+    def hold(key: str) -> bool:
+        asked.append(key)
+        return key == relative_path(VS)
+
+    result = sink.apply([SE], hold=hold)
+
+    assert sorted(asked) == sorted([relative_path(DR), relative_path(VS)])  # rendered files are never asked about
+    assert (result.written, result.unchanged, result.pruned, result.held) == (0, 1, 1, (relative_path(VS),))
+    assert snapshot(tmp_path)[relative_path(VS)] == before[relative_path(VS)]  # untouched: same bytes and mtime
+    assert not (tmp_path / relative_path(DR)).exists()
+    assert owned_files(tmp_path) == sorted([relative_path(SE), relative_path(VS)])
+
+    # once hold lets go, the next apply prunes it, and the inventory narrows
+    result = sink.apply([SE], hold=lambda key: False)
+    assert (result.pruned, result.held) == (1, ())
+    assert not (tmp_path / relative_path(VS)).exists()
+    assert owned_files(tmp_path) == [relative_path(SE)]
+
+
+def test_holding_never_concerns_foreign_files_and_a_vanished_file_is_not_held(tmp_path: Path) -> None:
+    sink = DirectorySink(tmp_path)
+    sink.apply([SE, DR, VS])
+    user = tmp_path / "bookinfo" / "gateway-mine.yaml"
+    user.write_text("mine\n")
+    (tmp_path / relative_path(DR)).unlink()  # someone removed an owned file
+    asked: list[str] = []
+
+    def keep_all(key: str) -> bool:
+        asked.append(key)
+        return True
+
+    result = sink.apply([SE], hold=keep_all)
+
+    assert asked == [relative_path(VS)]
+    assert result.held == (relative_path(VS),)
+    assert owned_files(tmp_path) == sorted([relative_path(SE), relative_path(VS)])
+    assert user.read_text() == "mine\n"
+
+
+def test_holds_accepts_owned_held_files_besides_the_rendered_ones(tmp_path: Path) -> None:
+    sink = DirectorySink(tmp_path)
+    sink.apply([SE, DR])
+    sink.apply([SE], hold=lambda key: True)
+    assert not sink.holds([SE])  # it owns DR too
+    assert sink.holds([SE], extra=[relative_path(DR)])
+    assert sink.holds([SE], extra=[relative_path(DR), relative_path(VS)])  # extra need not all be owned
+    assert not sink.holds([SE, VS], extra=[relative_path(DR)])  # VS is rendered but not there
+    (tmp_path / relative_path(SE)).write_text("edited\n")
+    assert not sink.holds([SE], extra=[relative_path(DR)])
+
+
+def test_the_key_of_an_object_is_its_relative_path(tmp_path: Path) -> None:
+    assert DirectorySink(tmp_path).key(OTHER_NS) == "data/serviceentry-db.yaml"
