@@ -44,6 +44,18 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
                       help="seconds between listings of Services and Pods (default %(default)s)")
     p.add_argument("--cluster-domain", default="cluster.local")
     p.add_argument("--heartbeat-interval", type=float, default=5.0, help="seconds (default %(default)s)")
+    p.add_argument("--removal-grace", type=float, default=AgentSettings.removal_grace, metavar="SECONDS",
+                   help="keep an object that left the hub's intent this long before removing it; what a user "
+                        "deleted on the hub goes at once (default %(default)s)")
+    probes = p.add_argument_group("probes of the east-west gateways this cluster sends traffic to (reported to "
+                                  "the hub, which by default evicts a cluster only if its peers cannot reach it)")
+    probes.add_argument("--probe-interval", type=float, default=AgentSettings.probe_interval,
+                        help="seconds between probe rounds; 0 turns probing off (default %(default)s)")
+    probes.add_argument("--probe-timeout", type=float, default=AgentSettings.probe_timeout,
+                        help="seconds one probe (name lookup and TCP connect) may take (default %(default)s)")
+    probes.add_argument("--probe-failures", type=int, default=AgentSettings.probe_failures,
+                        help="consecutive failed probes before a gateway is reported unreachable "
+                             "(default %(default)s)")
     p.set_defaults(func=run_agent)
 
 
@@ -51,6 +63,12 @@ def run_agent(args: argparse.Namespace) -> int:
     kube_mode = bool(args.kubeconfig or args.in_cluster)
     if not kube_mode and not (args.inventory and args.output):
         print("error: give --inventory and --output (embedded mode), or --kubeconfig / --in-cluster", file=sys.stderr)
+        return 2
+    if (bad := _probe_flags_error(args)) is not None:
+        print(f"error: {bad}", file=sys.stderr)
+        return 2
+    if not args.removal_grace >= 0:  # also refuses nan
+        print("error: --removal-grace must be a number of seconds, 0 or more", file=sys.stderr)
         return 2
     token = args.token or os.environ.get("MESHFLEET_JOIN_TOKEN")
     if args.token_file is not None:
@@ -63,8 +81,10 @@ def run_agent(args: argparse.Namespace) -> int:
                              token=token, state_dir=args.state_dir, inventory=args.inventory,
                              output=args.output, cacerts_dir=args.cacerts_dir, cluster_domain=args.cluster_domain,
                              heartbeat_interval=args.heartbeat_interval,
-                             stream_timeout=4 * args.heartbeat_interval,
-                             poll_interval=args.discovery_interval if kube_mode else 1.0)
+                             stream_timeout=4 * args.heartbeat_interval, removal_grace=args.removal_grace,
+                             poll_interval=args.discovery_interval if kube_mode else 1.0,
+                             probe_interval=args.probe_interval, probe_timeout=args.probe_timeout,
+                             probe_failures=args.probe_failures)
     sink: KubernetesSink | None = None
     discovery: ClusterDiscovery | None = None
     ca_store: SecretCaStore | None = None
@@ -94,3 +114,15 @@ def run_agent(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 3
     return 0
+
+
+def _probe_flags_error(args: argparse.Namespace) -> str | None:
+    """What is wrong with the probe flags, if anything."""
+    # the chained comparisons also refuse NaN (every comparison with it fails) and infinity
+    if not 0 <= args.probe_interval < float("inf"):
+        return f"--probe-interval must be 0 (probing off) or a positive number of seconds, not {args.probe_interval:g}"
+    if not 0 < args.probe_timeout < float("inf"):
+        return f"--probe-timeout must be a positive number of seconds, not {args.probe_timeout:g}"
+    if args.probe_failures < 1:
+        return f"--probe-failures must be at least 1, not {args.probe_failures}"
+    return None

@@ -39,3 +39,11 @@ class AgentSettings:
     """Cap of the reconnect delay."""
     poll_interval: float = 1.0
     """How often discovery runs (the inventory file is re-read, or the cluster's Services listed)."""
+    removal_grace: float = 600.0
+    """How long an object that left the hub's intent is kept before it is removed (not for deliberate deletions)."""
+    probe_interval: float = 5.0
+    """How often the gateways of the clusters this one sends traffic to are probed; 0 turns probing off."""
+    probe_timeout: float = 1.0
+    """How long one probe (name lookup and TCP connect) may take before it counts as failed."""
+    probe_failures: int = 2
+    """Consecutive failed probes after which a gateway is reported unreachable (one success undoes it)."""

@@ -3,7 +3,9 @@
 The pure parts (inventory parsing, rendering) and the sink are called from here;
 this module owns the gRPC channel, reconnects with jittered exponential backoff,
 the watchdog, and the cache of the last applied intent (fail-static: a restart
-with the hub down re-applies nothing and deletes nothing).
+with the hub down re-applies nothing and deletes nothing). What an intent stops
+rendering is kept for `removal_grace` unless the user deleted it on the hub
+(agent.retention); removals due later run from the stream's tick.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import contextlib
 import json
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,12 +31,15 @@ from agent.cacerts import CaKeeper, CaStore, DirectoryCaStore
 from agent.discovering import DiscoveryFailed, DiscoverySource, InventoryFile
 from agent.identity import Identity, IdentityStore
 from agent.inventory import Inventory
+from agent.probes import Target, targets_of
+from agent.probing import Prober
 from agent.render import RenderContext, render
+from agent.retention import Missed, Plan, RetentionFile, next_due, origin_of
 from agent.settings import AgentSettings
-from agent.writing import DirectorySink, Sink, SinkError
+from agent.writing import ApplyResult, DirectorySink, Sink, SinkError
 from meshfleet import __version__, jointokens
 from meshfleet.files import atomic_write
-from meshfleet.intents import PROTOCOL_VERSION, IntentError, TrustIntent, decode, version_of
+from meshfleet.intents import PROTOCOL_VERSION, ClusterIntent, IntentError, TrustIntent, decode, version_of
 from meshfleet.v1 import hub_pb2, hub_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -127,10 +133,20 @@ class Agent:
             ca_store = DirectoryCaStore(settings.cacerts_dir or settings.state_dir / "cacerts")
         self.ca = CaKeeper(ca_store, settings.state_dir, settings.cluster, rng=rng)
         self.trust: TrustIntent | None = None  # the trust section of the last applied intent
+        self.probe_targets: tuple[Target, ...] = ()  # remote gateways of the last applied intent
+        self.prober = Prober(settings.probe_interval, settings.probe_timeout, settings.probe_failures)
         self._ca_sent: hub_pb2.CaReport | None = None
         self._ca_lock = asyncio.Lock()
         self.ctx = RenderContext(settings.cluster, settings.cluster_domain)
         self.objects = 0
+        self.clock: Callable[[], float] = time.time  # unix time: retained objects' grace outlives restarts
+        self.retention = RetentionFile(settings.state_dir)
+        self.retained: dict[str, Missed] = self.retention.load()  # owned, no longer rendered, not removed yet
+        self._origins: dict[str, str] = {}  # sink key -> origin of each object the applied intent renders
+        # one sink apply at a time: a push's (in a thread, see handle_intent) and the tick's due removals
+        self._sink_lock = threading.Lock()
+        self._synced = False  # the hub confirmed or replaced the applied intent since this process started
+        self._prune_error = ""
         self.applied = self._verified_cache()
         self._applying: asyncio.Future[hub_pb2.AgentMessage] | None = None
         self.connected = asyncio.Event()
@@ -152,9 +168,12 @@ class Agent:
         try:
             intent = decode(cached.version, cached.content)
             objects = render(intent, self.ctx)
-            if self.sink.holds(objects):
+            # what the next push drops came from these origins, whether or not the target still matches
+            self._origins = {self.sink.key(o): origin_of(o) for o in objects}
+            if self.sink.holds(objects, extra=self.retained):  # objects kept past their intent are expected too
                 self.objects = len(objects)
                 self.trust = intent.trust  # renewals go on from it, even while the hub is away
+                self.probe_targets = targets_of(intent)
                 return cached
         except (IntentError, SinkError) as exc:
             log.warning("cached intent unusable (%s)", exc)
@@ -238,12 +257,16 @@ class Agent:
     # applying ---------------------------------------------------------------------------------
     def apply(self, push: hub_pb2.IntentPush) -> hub_pb2.AgentMessage:
         """Decode, render and write one pushed intent; the ACK or NACK to send back."""
+        with self._sink_lock:
+            return self._apply(push)
+
+    def _apply(self, push: hub_pb2.IntentPush) -> hub_pb2.AgentMessage:
         try:
             intent = decode(push.version, push.content, push.content_type)
             if intent.cluster.name != self.settings.cluster:
                 raise IntentError(f"intent is for cluster {intent.cluster.name!r}, not {self.settings.cluster!r}")
             objects = render(intent, self.ctx)
-            result = self.sink.apply(objects)
+            result = self._write(intent, objects)
             applied = Applied(push.version, push.content)
             try:
                 self.cache.save(applied)
@@ -260,10 +283,68 @@ class Agent:
             return hub_pb2.AgentMessage(nack=hub_pb2.Nack(version=push.version, error=self.last_error))
         self.applied = applied
         self.trust = intent.trust
+        self.probe_targets = targets_of(intent)
         self.objects, self.last_error = len(objects), ""
-        log.info("applied intent %s: %d objects (%d written, %d unchanged, %d pruned)", push.version[:12],
-                 len(objects), result.written, result.unchanged, result.pruned)
+        self._synced = True
+        log.info("applied intent %s: %d objects (%d written, %d unchanged, %d pruned, %d kept)", push.version[:12],
+                 len(objects), result.written, result.unchanged, result.pruned, len(result.held))
         return hub_pb2.AgentMessage(ack=hub_pb2.Ack(version=push.version))
+
+    # removal after a grace period -------------------------------------------------------------
+    def _write(self, intent: ClusterIntent, objects: list[dict[str, Any]]) -> ApplyResult:
+        """Apply `objects` to the sink, keeping what the intent dropped for the removal grace (under _sink_lock).
+
+        What a user deleted on the hub (its origin in `intent.deleted`) goes at once; anything else the
+        applied intent rendered and this one does not is kept until `removal_grace` after it was first missed.
+        """
+        plan = Plan(self.retained, self._origins, frozenset(intent.deleted), self.clock(), self.settings.removal_grace)
+        try:
+            result = self.sink.apply(objects, hold=plan.hold)
+        except SinkError:
+            # what was decided to keep keeps its first-miss time for the next attempt; nothing is saved
+            self.retained = {**self.retained, **plan.kept}
+            raise
+        for key in plan.newly_kept():
+            log.warning("keeping %s for up to %g s: no longer in the hub's intent", key, self.settings.removal_grace)
+        for key, why in sorted(plan.pruned.items()):
+            log.info("removing %s: %s", key, why)
+        retained = plan.after(result.held)
+        self._origins = {self.sink.key(o): origin_of(o) for o in objects}
+        if retained != self.retained:
+            self.retained = retained
+            try:
+                self.retention.save(retained)
+            except OSError as exc:  # only a restart would lose the first-miss times, lengthening retention
+                log.error("cannot record the objects kept for the removal grace in %s: %s", self.retention.path, exc)
+        return result
+
+    def prune_due(self) -> bool:
+        """Re-apply the applied intent locally if a kept object's grace has run out (blocking I/O); True if it ran.
+
+        Nothing is sent: the version is unchanged. Holds _sink_lock, so it never overlaps a push being applied.
+        """
+        with self._sink_lock:
+            due = next_due(self.retained, self.settings.removal_grace)
+            if self.applied is None or due is None or self.clock() < due:
+                return False
+            try:
+                intent = decode(self.applied.version, self.applied.content)
+                result = self._write(intent, render(intent, self.ctx))
+            except Exception as exc:  # the tick calls this: no failure here may end the stream
+                if str(exc) != self._prune_error:
+                    log.error("removing objects whose grace ran out failed (retrying at the next tick): %s", exc,
+                              exc_info=not isinstance(exc, (IntentError, SinkError)))
+                    self._prune_error = str(exc)
+                return False
+            self._prune_error = ""
+            log.info("removal grace ran out: %d object(s) removed, %d still kept", result.pruned, len(result.held))
+            return True
+
+    def prune_pending(self) -> bool:
+        """True if the tick should call prune_due: a kept object's grace ran out and the hub has since confirmed
+        or replaced what this agent applied (nothing is deleted before the first sync after a start)."""
+        due = next_due(self.retained, self.settings.removal_grace)
+        return self._synced and self.applied is not None and due is not None and self.clock() >= due
 
     # the plug-in CA ---------------------------------------------------------------------------
     def ca_messages(self) -> list[hub_pb2.AgentMessage]:
@@ -361,6 +442,10 @@ class Agent:
                     next_beat[0] = time.monotonic() + s.heartbeat_interval
                     await outbox.put(hub_pb2.AgentMessage(heartbeat=hub_pb2.Heartbeat(
                         sent_unix_ms=int(time.time() * 1000))))
+                # kept objects whose removal grace ran out go now, without waiting for a push. The tick runs
+                # only on a live stream, so while the hub is away (or before it first answers) nothing is removed.
+                if self.prune_pending():
+                    await asyncio.to_thread(self.prune_due)
 
         next_beat = [time.monotonic() + s.heartbeat_interval]
         last_heard = [time.monotonic()]
@@ -373,6 +458,11 @@ class Agent:
                 last_heard[0] = time.monotonic()
                 self.connected.set()
                 kind = msg.WhichOneof("kind")
+                if kind == "heartbeat" and msg.heartbeat.desired_version \
+                        and msg.heartbeat.desired_version == self.applied_version:
+                    # the hub wants what is applied: in sync without a push (removals whose grace ran out
+                    # may proceed); a hub with no intent for this cluster yet says "" and proves nothing
+                    self._synced = True
                 if kind == "intent":
                     self.received.append(msg.intent.version)
                     await outbox.put(await self.handle_intent(msg.intent))
@@ -392,6 +482,8 @@ class Agent:
                 await asyncio.sleep(s.stream_timeout - silent + 0.01)
 
         tasks = [asyncio.create_task(f()) for f in (read, write, tick, watchdog)]
+        if s.probe_interval > 0:
+            tasks.append(asyncio.create_task(self._probe(outbox)))
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for t in done:
@@ -416,3 +508,22 @@ class Agent:
         """
         self._applying = asyncio.ensure_future(asyncio.to_thread(self.apply, push))
         return await asyncio.shield(self._applying)
+
+    # probes of the gateways this cluster sends traffic to ----------------------------------------
+    async def _probe(self, outbox: asyncio.Queue[hub_pb2.AgentMessage]) -> None:
+        """Probe the applied intent's remote gateways every probe_interval while the stream lasts, and queue the
+        report whenever it changed (and once on each new stream). Never returns or raises: it must not end the stream.
+        """
+        self.prober.forget_sent()  # the hub keeps probe results per stream
+        while True:
+            try:
+                if self.prober.due_in() == 0:
+                    await self.prober.round(self.probe_targets)
+                report = self.prober.report()
+                if report is not None:
+                    await outbox.put(hub_pb2.AgentMessage(probes=report))
+                delay = self.prober.due_in()
+            except Exception:
+                log.exception("probing the gateways of remote clusters failed")
+                delay = self.settings.probe_interval
+            await asyncio.sleep(delay)

@@ -799,8 +799,9 @@ class Hub(hub_pb2_grpc.HubServicer):
                 await self._write(context, hub_pb2.HubMessage(intent=hub_pb2.IntentPush(
                     version=intent.version, content=intent.content, content_type=MEDIA_TYPE)))
             if now >= next_beat:
+                desired = self.intents.get(session.cluster)
                 await self._write(context, hub_pb2.HubMessage(heartbeat=hub_pb2.Heartbeat(
-                    sent_unix_ms=int(_now() * 1000))))
+                    sent_unix_ms=int(_now() * 1000), desired_version=desired.version if desired else "")))
                 next_beat = now + s.heartbeat_interval
             wake_at = min(next_beat, session.last_received + s.stream_timeout)
             if session.retry_at > now:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import shutil
 import time
 from collections import Counter
 from pathlib import Path
 
 import grpc
 import pytest
+import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -19,7 +21,7 @@ from cryptography.x509.oid import NameOID
 from agent.syncing import Agent, AgentFatal
 from meshfleet import jointokens
 from meshfleet.cli import main
-from meshfleet.demo import Fleet
+from meshfleet.demo import EXAMPLES, Fleet
 from meshfleet.intents import PROTOCOL_VERSION
 from meshfleet.v1 import hub_pb2
 from mgmt import identities
@@ -491,4 +493,144 @@ def test_a_policy_file_broken_while_the_hub_is_down_keeps_its_last_good_content(
             assert {c: i.version for c, i in fleet.hub.intents.items()} == versions
             assert await fleet.wait_converged(15)
             assert (fleet.output("eu-west-1") / "bookinfo" / "virtualservice-reviews-global.yaml").exists()
+    run(scenario())
+
+
+# fail-static removal ---------------------------------------------------------------------------------------
+PRODUCTPAGE = """\
+apiVersion: meshfleet.io/v1alpha1
+kind: MulticlusterService
+metadata:
+  name: productpage
+  namespace: bookinfo
+spec:
+  backends:
+    clusters: [us-east-1, eu-west-1]
+  ports:
+    - {name: http, number: 9080, protocol: HTTP}
+"""
+RATINGS_SERVED = ("bookinfo/serviceentry-ratings-global.yaml", "bookinfo/destinationrule-ratings-global.yaml")
+
+
+def start_agent(fleet: Fleet, cluster: str, removal_grace: float, inventory: Path | None = None) -> Agent:
+    """Start `cluster`'s agent with a removal grace of its own (and an inventory file of its own, if given)."""
+    settings = dataclasses.replace(fleet.agent_settings(cluster), removal_grace=removal_grace)
+    if inventory is not None:
+        settings = dataclasses.replace(settings, inventory=inventory)
+    agent = Agent(settings)
+    fleet.agents[cluster] = agent
+    fleet.tasks[cluster] = asyncio.create_task(agent.run(), name=f"agent-{cluster}")
+    return agent
+
+
+async def ratings_no_longer_served_in_ap_south(fleet: Fleet, tmp_path: Path, removal_grace: float) -> Path:
+    """Converge with ap-south-1 reading a copy of its inventory, then drop ratings from it: the hub stops sending
+    ap-south-1 the ratings host it served, without anyone deleting anything. Returns the inventory copy."""
+    inventory = tmp_path / "ap-south-1.yaml"
+    shutil.copy(EXAMPLES / "inventories" / "ap-south-1.yaml", inventory)
+    await fleet.start(agents=[])
+    for c in fleet.clusters:
+        start_agent(fleet, c.name, removal_grace, inventory if c.name == "ap-south-1" else None)
+    assert await fleet.wait_converged(20), "fleet did not converge"
+    out = fleet.output("ap-south-1")
+    assert all((out / f).exists() for f in RATINGS_SERVED)
+    doc = yaml.safe_load(inventory.read_text())
+    doc["services"] = [s for s in doc["services"] if s["name"] != "ratings"]
+    inventory.write_text(yaml.safe_dump(doc))
+    agent = fleet.agents["ap-south-1"]
+    await until(lambda: set(RATINGS_SERVED) <= set(agent.retained), within=10, what="ratings kept in ap-south-1")
+    assert await fleet.wait_converged(10)  # the push that dropped ratings was ACKed
+    return inventory
+
+
+@pytest.mark.slow
+def test_a_deleted_multicluster_service_is_removed_at_once_everywhere(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        fleet = make_fleet(tmp_path)  # the default removal grace: 600 s
+        (tmp_path / "policies" / "productpage.yaml").write_text(PRODUCTPAGE)
+        await fleet.start()
+        try:
+            assert await fleet.wait_converged(20), "fleet did not converge"
+            files = ("bookinfo/serviceentry-productpage-global.yaml",
+                     "bookinfo/destinationrule-productpage-global.yaml")
+            for c in fleet.clusters:
+                assert all((fleet.output(c.name) / f).exists() for f in files), c.name
+            (tmp_path / "policies" / "productpage.yaml").unlink()
+            await rescan(fleet)
+            await until(lambda: not any((fleet.output(c.name) / f).exists() for c in fleet.clusters for f in files),
+                        within=10, what="productpage's objects removed from every cluster")
+            assert await fleet.wait_converged(10)
+            for c in fleet.clusters:
+                assert (fleet.output(c.name) / "bookinfo" / "serviceentry-reviews-global.yaml").exists()
+                assert fleet.agents[c.name].retained == {}
+        finally:
+            await fleet.stop()
+    run(scenario())
+
+
+@pytest.mark.slow
+def test_an_object_that_leaves_the_intent_is_kept_then_removed_by_the_tick_after_the_grace(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        fleet = make_fleet(tmp_path)
+        try:
+            await ratings_no_longer_served_in_ap_south(fleet, tmp_path, removal_grace=1.5)
+            agent, out = fleet.agents["ap-south-1"], fleet.output("ap-south-1")
+            missed = min(m.since for m in agent.retained.values())  # when the push that dropped them was applied
+            assert all((out / f).exists() for f in RATINGS_SERVED)  # the push dropped them, and they are still there
+            received, version = list(agent.received), agent.applied_version
+            await until(lambda: not agent.retained, within=10, what="ratings removed after the grace")
+            assert time.time() >= missed + 1.5  # not before the grace ran out
+            assert not any((out / f).exists() for f in RATINGS_SERVED)
+            assert agent.received == received and agent.applied_version == version  # no push needed
+            assert (out / "bookinfo" / "serviceentry-details-global.yaml").exists()
+        finally:
+            await fleet.stop()
+    run(scenario())
+
+
+@pytest.mark.slow
+def test_hub_down_changes_nothing_in_any_cluster(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        fleet = make_fleet(tmp_path)
+        try:
+            await ratings_no_longer_served_in_ap_south(fleet, tmp_path, removal_grace=2.0)
+            await fleet.hub.stop(grace=0)  # with ratings kept in ap-south-1, its grace still running
+            await until(lambda: not any(a.connected.is_set() for a in fleet.agents.values()), what="disconnect")
+            before = {c.name: tree(fleet.output(c.name)) for c in fleet.clusters}
+            assert all(before.values())
+            await asyncio.sleep(3.0)  # six heartbeat intervals, and past the removal grace
+            for c in fleet.clusters:
+                assert tree(fleet.output(c.name)) == before[c.name], c.name  # same bytes, same mtimes
+            assert set(RATINGS_SERVED) <= set(fleet.agents["ap-south-1"].retained)
+        finally:
+            await fleet.stop()
+    run(scenario())
+
+
+@pytest.mark.slow
+def test_agent_restart_with_hub_down_deletes_nothing_even_with_removals_pending(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        fleet = make_fleet(tmp_path)
+        try:
+            inventory = await ratings_no_longer_served_in_ap_south(fleet, tmp_path, removal_grace=1.0)
+            name, out = "ap-south-1", fleet.output("ap-south-1")
+            applied = fleet.agents[name].applied_version
+            await fleet.hub.stop(grace=0)
+            await fleet.stop_agent(name)
+            before = tree(out)
+            assert all(f in before for f in RATINGS_SERVED)
+            await asyncio.sleep(1.2)  # the grace runs out while the agent is down
+            agent = start_agent(fleet, name, removal_grace=1.0, inventory=inventory)
+            assert agent.applied_version == applied  # kept objects do not void the cached intent
+            await asyncio.sleep(2.0)  # several reconnect attempts against a dead hub
+            assert not agent.connected.is_set()
+            assert tree(out) == before
+            # the hub back, with nothing new to push: that is the first sync, and what is overdue goes
+            fleet.hub = restarted_hub(fleet.hub)
+            await fleet.hub.start()
+            await until(lambda: not any((out / f).exists() for f in RATINGS_SERVED), within=15,
+                        what="overdue removals once the hub is back")
+            assert agent.applied_version == applied
+        finally:
+            await fleet.stop()
     run(scenario())

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16meshfleet/v1/hub.proto\x12\x0cmeshfleet.v1\"Y\n\x0fRegisterRequest\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x03 \x01(\x0c\x12\x15\n\ragent_version\x18\x04 \x01(\t\"B\n\x10RegisterResponse\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x01 \x01(\x0c\x12\x15\n\rca_bundle_pem\x18\x02 \x01(\x0c\"\xe9\x02\n\x0c\x41gentMessage\x12$\n\x05hello\x18\x01 \x01(\x0b\x32\x13.meshfleet.v1.HelloH\x00\x12 \n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x11.meshfleet.v1.AckH\x00\x12\"\n\x04nack\x18\x03 \x01(\x0b\x32\x12.meshfleet.v1.NackH\x00\x12,\n\theartbeat\x18\x04 \x01(\x0b\x32\x17.meshfleet.v1.HeartbeatH\x00\x12\x32\n\tdiscovery\x18\x05 \x01(\x0b\x32\x1d.meshfleet.v1.DiscoveryReportH\x00\x12\x30\n\x03\x63sr\x18\x06 \x01(\x0b\x32!.meshfleet.v1.IntermediateRequestH\x00\x12$\n\x02\x63\x61\x18\x07 \x01(\x0b\x32\x16.meshfleet.v1.CaReportH\x00\x12+\n\x06probes\x18\x08 \x01(\x0b\x32\x19.meshfleet.v1.ProbeReportH\x00\x42\x06\n\x04kind\"\xa7\x01\n\nHubMessage\x12*\n\x06intent\x18\x01 \x01(\x0b\x32\x18.meshfleet.v1.IntentPushH\x00\x12,\n\theartbeat\x18\x02 \x01(\x0b\x32\x17.meshfleet.v1.HeartbeatH\x00\x12\x37\n\x0b\x63\x65rtificate\x18\x03 \x01(\x0b\x32 .meshfleet.v1.IntermediateIssuedH\x00\x42\x06\n\x04kind\"b\n\x05Hello\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\x15\n\ragent_version\x18\x02 \x01(\t\x12\x18\n\x10protocol_version\x18\x03 \x01(\t\x12\x17\n\x0f\x61pplied_version\x18\x04 \x01(\t\"D\n\nIntentPush\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x03 \x01(\t\"\x16\n\x03\x41\x63k\x12\x0f\n\x07version\x18\x01 \x01(\t\"&\n\x04Nack\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\r\n\x05\x65rror\x18\x02 \x01(\t\"!\n\tHeartbeat\x12\x14\n\x0csent_unix_ms\x18\x01 \x01(\x03\"s\n\x0f\x44iscoveryReport\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12&\n\x07gateway\x18\x02 \x01(\x0b\x32\x15.meshfleet.v1.Gateway\x12\'\n\x08services\x18\x03 \x03(\x0b\x32\x15.meshfleet.v1.Service\"(\n\x07Gateway\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\"\xc5\x02\n\x07Service\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12(\n\x05ports\x18\x03 \x03(\x0b\x32\x19.meshfleet.v1.ServicePort\x12\x31\n\x06labels\x18\x04 \x03(\x0b\x32!.meshfleet.v1.Service.LabelsEntry\x12%\n\x07subsets\x18\x05 \x03(\x0b\x32\x14.meshfleet.v1.Subset\x12\x35\n\x08selector\x18\x06 \x03(\x0b\x32#.meshfleet.v1.Service.SelectorEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a/\n\rSelectorEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"=\n\x0bServicePort\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06number\x18\x02 \x01(\r\x12\x10\n\x08protocol\x18\x03 \x01(\t\"w\n\x06Subset\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x30\n\x06labels\x18\x02 \x03(\x0b\x32 .meshfleet.v1.Subset.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"O\n\x13IntermediateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x02 \x01(\x0c\x12\x13\n\x0bttl_seconds\x18\x03 \x01(\x03\"c\n\x12IntermediateIssued\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x02 \x01(\x0c\x12\x11\n\tchain_pem\x18\x03 \x01(\x0c\x12\r\n\x05\x65rror\x18\x04 \x01(\t\"y\n\x08\x43\x61Report\x12\x0e\n\x06\x62undle\x18\x01 \x03(\t\x12\x14\n\x0cintermediate\x18\x02 \x01(\t\x12\x0e\n\x06issuer\x18\x03 \x01(\t\x12\x16\n\x0enot_after_unix\x18\x04 \x01(\x03\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12\x10\n\x08warnings\x18\x06 \x03(\t\"9\n\x0bProbeReport\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.meshfleet.v1.ProbeResult\"s\n\x0bProbeResult\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0c\n\x04port\x18\x03 \x01(\r\x12\x11\n\treachable\x18\x04 \x01(\x08\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12\x12\n\nlatency_ms\x18\x06 \x01(\r2\x92\x01\n\x03Hub\x12I\n\x08Register\x12\x1d.meshfleet.v1.RegisterRequest\x1a\x1e.meshfleet.v1.RegisterResponse\x12@\n\x04Sync\x12\x1a.meshfleet.v1.AgentMessage\x1a\x18.meshfleet.v1.HubMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16meshfleet/v1/hub.proto\x12\x0cmeshfleet.v1\"Y\n\x0fRegisterRequest\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x03 \x01(\x0c\x12\x15\n\ragent_version\x18\x04 \x01(\t\"B\n\x10RegisterResponse\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x01 \x01(\x0c\x12\x15\n\rca_bundle_pem\x18\x02 \x01(\x0c\"\xe9\x02\n\x0c\x41gentMessage\x12$\n\x05hello\x18\x01 \x01(\x0b\x32\x13.meshfleet.v1.HelloH\x00\x12 \n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x11.meshfleet.v1.AckH\x00\x12\"\n\x04nack\x18\x03 \x01(\x0b\x32\x12.meshfleet.v1.NackH\x00\x12,\n\theartbeat\x18\x04 \x01(\x0b\x32\x17.meshfleet.v1.HeartbeatH\x00\x12\x32\n\tdiscovery\x18\x05 \x01(\x0b\x32\x1d.meshfleet.v1.DiscoveryReportH\x00\x12\x30\n\x03\x63sr\x18\x06 \x01(\x0b\x32!.meshfleet.v1.IntermediateRequestH\x00\x12$\n\x02\x63\x61\x18\x07 \x01(\x0b\x32\x16.meshfleet.v1.CaReportH\x00\x12+\n\x06probes\x18\x08 \x01(\x0b\x32\x19.meshfleet.v1.ProbeReportH\x00\x42\x06\n\x04kind\"\xa7\x01\n\nHubMessage\x12*\n\x06intent\x18\x01 \x01(\x0b\x32\x18.meshfleet.v1.IntentPushH\x00\x12,\n\theartbeat\x18\x02 \x01(\x0b\x32\x17.meshfleet.v1.HeartbeatH\x00\x12\x37\n\x0b\x63\x65rtificate\x18\x03 \x01(\x0b\x32 .meshfleet.v1.IntermediateIssuedH\x00\x42\x06\n\x04kind\"b\n\x05Hello\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\x15\n\ragent_version\x18\x02 \x01(\t\x12\x18\n\x10protocol_version\x18\x03 \x01(\t\x12\x17\n\x0f\x61pplied_version\x18\x04 \x01(\t\"D\n\nIntentPush\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x03 \x01(\t\"\x16\n\x03\x41\x63k\x12\x0f\n\x07version\x18\x01 \x01(\t\"&\n\x04Nack\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\r\n\x05\x65rror\x18\x02 \x01(\t\":\n\tHeartbeat\x12\x14\n\x0csent_unix_ms\x18\x01 \x01(\x03\x12\x17\n\x0f\x64\x65sired_version\x18\x02 \x01(\t\"s\n\x0f\x44iscoveryReport\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12&\n\x07gateway\x18\x02 \x01(\x0b\x32\x15.meshfleet.v1.Gateway\x12\'\n\x08services\x18\x03 \x03(\x0b\x32\x15.meshfleet.v1.Service\"(\n\x07Gateway\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\"\xc5\x02\n\x07Service\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12(\n\x05ports\x18\x03 \x03(\x0b\x32\x19.meshfleet.v1.ServicePort\x12\x31\n\x06labels\x18\x04 \x03(\x0b\x32!.meshfleet.v1.Service.LabelsEntry\x12%\n\x07subsets\x18\x05 \x03(\x0b\x32\x14.meshfleet.v1.Subset\x12\x35\n\x08selector\x18\x06 \x03(\x0b\x32#.meshfleet.v1.Service.SelectorEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a/\n\rSelectorEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"=\n\x0bServicePort\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06number\x18\x02 \x01(\r\x12\x10\n\x08protocol\x18\x03 \x01(\t\"w\n\x06Subset\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x30\n\x06labels\x18\x02 \x03(\x0b\x32 .meshfleet.v1.Subset.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"O\n\x13IntermediateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x02 \x01(\x0c\x12\x13\n\x0bttl_seconds\x18\x03 \x01(\x03\"c\n\x12IntermediateIssued\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x02 \x01(\x0c\x12\x11\n\tchain_pem\x18\x03 \x01(\x0c\x12\r\n\x05\x65rror\x18\x04 \x01(\t\"y\n\x08\x43\x61Report\x12\x0e\n\x06\x62undle\x18\x01 \x03(\t\x12\x14\n\x0cintermediate\x18\x02 \x01(\t\x12\x0e\n\x06issuer\x18\x03 \x01(\t\x12\x16\n\x0enot_after_unix\x18\x04 \x01(\x03\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12\x10\n\x08warnings\x18\x06 \x03(\t\"9\n\x0bProbeReport\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.meshfleet.v1.ProbeResult\"s\n\x0bProbeResult\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0c\n\x04port\x18\x03 \x01(\r\x12\x11\n\treachable\x18\x04 \x01(\x08\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12\x12\n\nlatency_ms\x18\x06 \x01(\r2\x92\x01\n\x03Hub\x12I\n\x08Register\x12\x1d.meshfleet.v1.RegisterRequest\x1a\x1e.meshfleet.v1.RegisterResponse\x12@\n\x04Sync\x12\x1a.meshfleet.v1.AgentMessage\x1a\x18.meshfleet.v1.HubMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -54,33 +54,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_NACK']._serialized_start=927
   _globals['_NACK']._serialized_end=965
   _globals['_HEARTBEAT']._serialized_start=967
-  _globals['_HEARTBEAT']._serialized_end=1000
-  _globals['_DISCOVERYREPORT']._serialized_start=1002
-  _globals['_DISCOVERYREPORT']._serialized_end=1117
-  _globals['_GATEWAY']._serialized_start=1119
-  _globals['_GATEWAY']._serialized_end=1159
-  _globals['_SERVICE']._serialized_start=1162
-  _globals['_SERVICE']._serialized_end=1487
-  _globals['_SERVICE_LABELSENTRY']._serialized_start=1393
-  _globals['_SERVICE_LABELSENTRY']._serialized_end=1438
-  _globals['_SERVICE_SELECTORENTRY']._serialized_start=1440
-  _globals['_SERVICE_SELECTORENTRY']._serialized_end=1487
-  _globals['_SERVICEPORT']._serialized_start=1489
-  _globals['_SERVICEPORT']._serialized_end=1550
-  _globals['_SUBSET']._serialized_start=1552
-  _globals['_SUBSET']._serialized_end=1671
-  _globals['_SUBSET_LABELSENTRY']._serialized_start=1393
-  _globals['_SUBSET_LABELSENTRY']._serialized_end=1438
-  _globals['_INTERMEDIATEREQUEST']._serialized_start=1673
-  _globals['_INTERMEDIATEREQUEST']._serialized_end=1752
-  _globals['_INTERMEDIATEISSUED']._serialized_start=1754
-  _globals['_INTERMEDIATEISSUED']._serialized_end=1853
-  _globals['_CAREPORT']._serialized_start=1855
-  _globals['_CAREPORT']._serialized_end=1976
-  _globals['_PROBEREPORT']._serialized_start=1978
-  _globals['_PROBEREPORT']._serialized_end=2035
-  _globals['_PROBERESULT']._serialized_start=2037
-  _globals['_PROBERESULT']._serialized_end=2152
-  _globals['_HUB']._serialized_start=2155
-  _globals['_HUB']._serialized_end=2301
+  _globals['_HEARTBEAT']._serialized_end=1025
+  _globals['_DISCOVERYREPORT']._serialized_start=1027
+  _globals['_DISCOVERYREPORT']._serialized_end=1142
+  _globals['_GATEWAY']._serialized_start=1144
+  _globals['_GATEWAY']._serialized_end=1184
+  _globals['_SERVICE']._serialized_start=1187
+  _globals['_SERVICE']._serialized_end=1512
+  _globals['_SERVICE_LABELSENTRY']._serialized_start=1418
+  _globals['_SERVICE_LABELSENTRY']._serialized_end=1463
+  _globals['_SERVICE_SELECTORENTRY']._serialized_start=1465
+  _globals['_SERVICE_SELECTORENTRY']._serialized_end=1512
+  _globals['_SERVICEPORT']._serialized_start=1514
+  _globals['_SERVICEPORT']._serialized_end=1575
+  _globals['_SUBSET']._serialized_start=1577
+  _globals['_SUBSET']._serialized_end=1696
+  _globals['_SUBSET_LABELSENTRY']._serialized_start=1418
+  _globals['_SUBSET_LABELSENTRY']._serialized_end=1463
+  _globals['_INTERMEDIATEREQUEST']._serialized_start=1698
+  _globals['_INTERMEDIATEREQUEST']._serialized_end=1777
+  _globals['_INTERMEDIATEISSUED']._serialized_start=1779
+  _globals['_INTERMEDIATEISSUED']._serialized_end=1878
+  _globals['_CAREPORT']._serialized_start=1880
+  _globals['_CAREPORT']._serialized_end=2001
+  _globals['_PROBEREPORT']._serialized_start=2003
+  _globals['_PROBEREPORT']._serialized_end=2060
+  _globals['_PROBERESULT']._serialized_start=2062
+  _globals['_PROBERESULT']._serialized_end=2177
+  _globals['_HUB']._serialized_start=2180
+  _globals['_HUB']._serialized_end=2326
 # @@protoc_insertion_point(module_scope)

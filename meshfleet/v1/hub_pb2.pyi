@@ -93,10 +93,12 @@ class Nack(_message.Message):
     def __init__(self, version: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
-    __slots__ = ("sent_unix_ms",)
+    __slots__ = ("sent_unix_ms", "desired_version")
     SENT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    DESIRED_VERSION_FIELD_NUMBER: _ClassVar[int]
     sent_unix_ms: int
-    def __init__(self, sent_unix_ms: _Optional[int] = ...) -> None: ...
+    desired_version: str
+    def __init__(self, sent_unix_ms: _Optional[int] = ..., desired_version: _Optional[str] = ...) -> None: ...
 
 class DiscoveryReport(_message.Message):
     __slots__ = ("cluster", "gateway", "services")
