@@ -71,18 +71,51 @@ def demo_clusters(count: int, workdir: Path, examples: Path = EXAMPLES) -> list[
     return out
 
 
+class Gateway:
+    """A stand-in for a cluster's east-west gateway: a TCP port on 127.0.0.1 that accepts and hangs up.
+
+    What the agents' probes connect to; closing it is the data-plane side of an outage.
+    """
+
+    def __init__(self) -> None:
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    async def open(self) -> None:
+        async def hang_up(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.close()
+
+        # the same port again after a close (asyncio sets SO_REUSEADDR), so intents need not change
+        self._server = await asyncio.start_server(hang_up, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+
+    @property
+    def open_now(self) -> bool:
+        return self._server is not None
+
+
 class Fleet:
     """A hub and its agents in this event loop; used by the demo, tests and benchmarks."""
 
     def __init__(self, workdir: Path, clusters: list[DemoCluster], policies: Path | None,
                  heartbeat: float = 1.0, grace: float = 5.0, agent_class: type[Agent] = Agent,
                  poll: float = 0.2, source: PolicySource | None = None, roots: RootStore | None = None,
-                 kube_api: Any = None) -> None:
+                 kube_api: Any = None, gateways: bool = False, removal_grace: float = 600.0) -> None:
         """`poll`: how often the hub checks its policies and agents their inventories (seconds);
         `source` replaces the policy directory (e.g. a CR watch); `roots` and `kube_api` are the hub's
-        root store and API client in Kubernetes mode."""
+        root store and API client in Kubernetes mode. With `gateways`, each cluster's east-west gateway is
+        a real TCP port on 127.0.0.1 (opened by `start`) that the agents probe every heartbeat; without,
+        the inventories' gateway names resolve nowhere and the agents do not probe."""
         self.workdir = workdir
         self.clusters = clusters
+        self.gateways: dict[str, Gateway] = {c.name: Gateway() for c in clusters} if gateways else {}
+        self.removal_grace = removal_grace
         self.hub = Hub(HubSettings(state_dir=workdir / "hub", listen="127.0.0.1:0",
                                    bootstrap_listen="127.0.0.1:0", policies_dir=policies,
                                    heartbeat_interval=heartbeat, liveness_grace=grace,
@@ -100,6 +133,9 @@ class Fleet:
 
     async def start(self, agents: Iterable[str] | None = None) -> None:
         """Start the hub, enroll every cluster, and start the agents named (default: all)."""
+        for gateway in self.gateways.values():
+            await gateway.open()
+        self.clusters = [self._on_loopback(c) for c in self.clusters]
         await self.hub.start()
         for c in self.clusters:
             if self.hub.registry.cluster(c.name) is None:
@@ -111,13 +147,27 @@ class Fleet:
         for name in [c.name for c in self.clusters] if agents is None else agents:
             self.start_agent(name)
 
+    def _on_loopback(self, c: DemoCluster) -> DemoCluster:
+        """The cluster with an inventory whose gateway is its loopback Gateway (unchanged without gateways)."""
+        gateway = self.gateways.get(c.name)
+        if gateway is None or c.inventory.parent == self.workdir / "gateways":
+            return c
+        inv = yaml.safe_load(c.inventory.read_text())
+        inv["gateway"] = {"address": "127.0.0.1", "port": gateway.port}
+        path = self.workdir / "gateways" / f"{c.name}.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(inv))
+        return DemoCluster(c.name, c.region, c.zone, c.network, path, c.labels)
+
     def agent_settings(self, cluster: str) -> AgentSettings:
         c = next(x for x in self.clusters if x.name == cluster)
         return AgentSettings(hub=f"127.0.0.1:{self.hub.port}", hub_bootstrap=f"127.0.0.1:{self.hub.bootstrap_port}",
                              cluster=c.name, token=self.tokens.get(c.name), state_dir=self.workdir / "agents" / c.name,
                              inventory=c.inventory, output=self.output(c.name), heartbeat_interval=self.heartbeat,
                              stream_timeout=4 * self.heartbeat, backoff_initial=0.1, backoff_max=2.0,
-                             poll_interval=self.poll)
+                             poll_interval=self.poll, removal_grace=self.removal_grace,
+                             probe_interval=self.heartbeat if self.gateways else 0.0,
+                             probe_timeout=min(1.0, self.heartbeat))
 
     def start_agent(self, cluster: str, **adapters: Any) -> Agent:
         """Start `cluster`'s agent; `adapters` (sink=, discovery=) replace the embedded ones."""
@@ -136,6 +186,8 @@ class Fleet:
         for name in list(self.tasks):
             await self.stop_agent(name)
         await self.hub.stop(grace=0)
+        for gateway in self.gateways.values():
+            await gateway.close()
 
     def converged(self) -> bool:
         """Every agent has ACKed the hub's current intent for its cluster, after its discovery arrived."""
@@ -169,6 +221,22 @@ class Fleet:
             await asyncio.sleep(0.05)
         return False
 
+    def settled(self, clusters: Iterable[str]) -> bool:
+        """No translation pending, and each named cluster has ACKed the hub's current intent for it."""
+        hub = self.hub
+        if hub._recompute_handle is not None:
+            return False
+        for name in clusters:
+            intent, st = hub.intents.get(name), hub.statuses.get(name)
+            if intent is None or st is None or st.acked_version != intent.version:
+                return False
+        return True
+
+    def evicted(self) -> frozenset[str]:
+        """The clusters the intents the hub last translated leave out of some destination (failover)."""
+        snapshot = self.hub._last_snapshot
+        return frozenset().union(*snapshot.evicted.values()) if snapshot is not None else frozenset()
+
     def rows(self) -> list[list[str]]:
         rows = []
         for c in self.clusters:
@@ -188,6 +256,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--keep", action="store_true", help="keep the work directory of a temporary run")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for convergence")
     p.add_argument("--verbose", action="store_true", help="show the hub's and agents' log (default: warnings)")
+    p.add_argument("--outage", metavar="REGION",
+                   help="after converging, stop the region's agents and east-west gateways, show the other clusters "
+                        "failing over, then bring the region back and show its traffic restored")
     p.set_defaults(func=run_demo)
 
 
@@ -202,7 +273,13 @@ async def _demo(args: argparse.Namespace, workdir: Path) -> int:
     policies = workdir / "policies"
     if not policies.exists():
         shutil.copytree(EXAMPLES / "policies", policies)
-    fleet = Fleet(workdir, demo_clusters(args.clusters, workdir), policies)
+    clusters = demo_clusters(args.clusters, workdir)
+    regions = sorted({c.region for c in clusters})
+    if args.outage is not None and (args.outage not in regions or len(regions) < 2):
+        print(f"error: --outage {args.outage}: the demo's regions are {', '.join(regions)}; name one of them "
+              "(and keep at least one other)", file=sys.stderr)
+        return 2
+    fleet = Fleet(workdir, clusters, policies, gateways=args.outage is not None)
     started = time.monotonic()
     await fleet.start()
     try:
@@ -230,9 +307,95 @@ async def _demo(args: argparse.Namespace, workdir: Path) -> int:
         if trust.intent() is not None:
             print(f"cacerts:   {workdir / 'agents'}/<cluster>/cacerts/ (Istio's plug-in CA files; see "
                   f"`meshfleet certs status --state-dir {workdir / 'hub'}`)")
+        if args.outage is not None:
+            return await outage(fleet, args.outage, args.timeout)
         return 0
     finally:
         await fleet.stop()
+
+
+def _weights(fleet: Fleet, cluster: str) -> str:
+    """The reviews route weights in `cluster`'s rendered VirtualService, as `cluster=weight` pairs."""
+    path = fleet.output(cluster) / "bookinfo" / "virtualservice-reviews-global.yaml"
+    if not path.exists():
+        return "-"
+    doc = yaml.safe_load(path.read_text())
+    route = doc["spec"]["http"][0]["route"]
+    return " ".join(f"{r['destination'].get('subset', '?')}={r.get('weight', 100)}" for r in route)
+
+
+def _endpoints(fleet: Fleet, cluster: str) -> str:
+    path = fleet.output(cluster) / "bookinfo" / "serviceentry-reviews-global.yaml"
+    if not path.exists():
+        return "-"
+    doc = yaml.safe_load(path.read_text())
+    return " ".join(sorted({e["labels"]["meshfleet.io/cluster"] for e in doc["spec"]["endpoints"]
+                            if "meshfleet.io/cluster" in e["labels"]}))
+
+
+async def _until(condition: Any, within: float) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        await asyncio.sleep(0.01)
+    return False
+
+
+async def outage(fleet: Fleet, region: str, within: float) -> int:
+    """Stop a region, watch the others fail over, bring it back, watch it restored; print each step's timing."""
+    hub = fleet.hub
+    lost = [c.name for c in fleet.clusters if c.region == region]
+    survivors = [c.name for c in fleet.clusters if c.region != region]
+    watch = survivors[0]
+    grace = hub.settings.liveness_grace
+    print(f"\n=== outage of region {region} ({', '.join(lost)}); liveness grace {grace:g} s ===")
+    print(f"  before: {watch} sends reviews to {_weights(fleet, watch)}; endpoints {_endpoints(fleet, watch)}")
+    t0 = time.monotonic()
+
+    def at() -> str:
+        return f"t+{time.monotonic() - t0:6.2f} s"
+
+    last_heard = max(hub.statuses[c].last_heartbeat or 0.0 for c in lost)
+    for name in lost:
+        await fleet.stop_agent(name)
+        await fleet.gateways[name].close()
+    last_heard = max(hub.statuses[c].last_heartbeat or 0.0 for c in lost)  # a heartbeat may have landed meanwhile
+    print(f"  {at()}  stopped the agents and east-west gateways of {', '.join(lost)}")
+    if not await _until(lambda: all(hub.statuses[c].connection == "Unreachable" for c in lost), grace + within):
+        print("error: the hub did not mark the region Unreachable", file=sys.stderr)
+        return 1
+    print(f"  {at()}  hub: {', '.join(lost)} Unreachable (no message for the grace period)")
+    if not await _until(lambda: set(lost) <= fleet.evicted() and fleet.settled(survivors), within):
+        print("error: the surviving clusters did not fail over (see `meshfleet status`)", file=sys.stderr)
+        return 1
+    acked = time.time()
+    shown = len(hub.evictions.events)
+    for e in hub.evictions.events:
+        if e.kind in ("Evicted", "RegionEvicted") and (e.cluster in lost or region in e.message):
+            print(f"            hub: {e.policy}: {e.kind}{' ' + e.cluster if e.cluster else ''}: {e.message}")
+    print(f"  {at()}  every surviving cluster ACKed its failover intent: "
+          f"{(acked - last_heard - grace) * 1000:.0f} ms after the grace period ended")
+    print(f"  after:  {watch} sends reviews to {_weights(fleet, watch)}; endpoints {_endpoints(fleet, watch)}")
+    for name in lost:
+        await fleet.gateways[name].open()
+        fleet.start_agent(name)
+    print(f"  {at()}  restarted the region's gateways and agents")
+    if not await _until(lambda: all(c in hub.sessions and hub.statuses[c].connection == "Connected" for c in lost),
+                        within):
+        print("error: the region's agents did not reconnect", file=sys.stderr)
+        return 1
+    print(f"  {at()}  hub: {', '.join(lost)} Connected again; restored after the hold-down if they stay")
+    if not await _until(lambda: not set(lost) & fleet.evicted() and fleet.settled([c.name for c in fleet.clusters]),
+                        within):
+        print("error: the region was not restored", file=sys.stderr)
+        return 1
+    for e in hub.evictions.events[shown:]:
+        if e.kind in ("Returned", "Restored") and e.cluster in lost:
+            print(f"            hub: {e.policy}: {e.kind} {e.cluster}: {e.message}")
+    print(f"  {at()}  restored: every cluster ACKed the intent with {', '.join(lost)} back")
+    print(f"  after:  {watch} sends reviews to {_weights(fleet, watch)}; endpoints {_endpoints(fleet, watch)}")
+    return 0
 
 
 def run_demo(args: argparse.Namespace) -> int:

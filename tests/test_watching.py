@@ -291,7 +291,7 @@ def test_every_kind_is_read_and_grouped(tmp_path: Path, source: DirectoryPolicyS
     assert source.scan() is True
     assert source.errors == ()
     got = source.resources
-    assert [len(got.services), len(got.traffic), len(got.failover), len(got.access)] == [4, 5, 2, 5]
+    assert [len(got.services), len(got.traffic), len(got.failover), len(got.access)] == [4, 5, 3, 5]
     assert [r.meta.name for r in got.services] == ["details", "productpage", "ratings", "reviews"]  # sorted by key
     assert got.failover[0].meta.source == "failoverpolicies.yaml:25"  # ratings-explicit, the second document
     assert got.all() == (*got.services, *got.traffic, *got.failover, *got.access)
