@@ -7,12 +7,14 @@ from collections.abc import Mapping
 
 import pytest
 
-from meshfleet.intents import ClusterRef, OutlierDetection, ServiceIntent, WeightedTarget
+from agent.render import RenderContext, render
+from meshfleet.intents import ClusterRef, OutlierDetection, ServiceIntent, WeightedTarget, decode, encode
 from mgmt import changes, failover
 from mgmt.failover import Eviction, Health, Rule, State
 from mgmt.model import ClusterSelector, FailoverPolicy, Snapshot
 from mgmt.regions import RegionCostsError, parse_costs, region_graph
 from mgmt.translate import translate
+from tests.istio_support import istio_schemas
 from tests.snapshots import NS, meta, report, service, snapshot, split, to_mcs
 from tests.snapshots import mcs as multicluster
 
@@ -292,3 +294,42 @@ def test_the_state_survives_a_round_trip_and_bad_documents_are_dropped() -> None
     assert failover.state_from_json(failover.state_to_json(state)) == state
     assert failover.state_from_json(None) == State()
     assert failover.state_from_json({"evictions": {"p": {"a": {"since": "yesterday"}}}}) == State()
+
+
+# from the hub's topology to what the agents render ---------------------------------------------------
+COSTS = parse_costs({"costs": {"us-east": {"eu-west": 80, "ap-south": 200}, "eu-west": {"ap-south": 120}}})
+# each client's expected preference among the six backends: own zone, own region, nearest region, the last
+ORDER = {
+    "use1": [{"use1"}, {"use2"}, {"euw1", "euw2"}, {"aps1", "aps2"}],
+    "euw2": [{"euw2"}, {"euw1"}, {"use1", "use2"}, {"aps1", "aps2"}],  # us-east 80 before ap-south 120
+    "aps1": [{"aps1"}, {"aps2"}, {"euw1", "euw2"}, {"use1", "use2"}],  # eu-west 120 before us-east 200
+}
+
+
+@pytest.mark.parametrize("client", sorted(ORDER))
+def test_rendered_failover_settings_are_schema_valid_and_follow_the_topology(client: str) -> None:
+    intent = translate(fleet(costs=COSTS), client).intent
+    objects = render(decode(*encode(intent)), RenderContext(client))
+    schemas = istio_schemas()
+    for obj in objects:
+        assert not [str(e) for e in schemas.validate(obj)], obj["metadata"]["name"]
+    [se] = [o for o in objects if o["kind"] == "ServiceEntry" and o["metadata"]["name"] == "reviews-global"]
+    [dr] = [o for o in objects if o["kind"] == "DestinationRule" and o["metadata"]["name"] == "reviews-global"]
+    policy = dr["spec"]["trafficPolicy"]
+    assert policy["outlierDetection"] == {"consecutive5xxErrors": 5, "interval": "10s", "baseEjectionTime": "30s",
+                                          "maxEjectionPercent": 100}
+    entries = policy["loadBalancer"]["localityLbSetting"]["failoverPriority"]
+    assert entries == [f"meshfleet.io/failover-tier-{k}=true" for k in (1, 2, 3)]
+    # Envoy's priority of an endpoint: N minus the number of leading entries its labels match
+    priority: dict[str, int] = {}
+    for e in se["spec"]["endpoints"]:
+        matched = 0
+        for label, value in (x.split("=", 1) for x in entries):
+            if e["labels"].get(label) != value:
+                break
+            matched += 1
+        cluster = e["labels"]["meshfleet.io/cluster"]
+        priority[cluster] = len(entries) - matched
+        assert e["locality"] == f"{FLEET[cluster].region}/{FLEET[cluster].zone}"
+        assert e["network"] == FLEET[cluster].network
+    assert [{c for c, p in priority.items() if p == level} for level in range(4)] == ORDER[client]
