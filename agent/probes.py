@@ -69,6 +69,10 @@ def targets_of(intent: ClusterIntent) -> tuple[Target, ...]:
             target = Target(name, backend.address, backend.port)
             if name not in found or target < found[name]:
                 found[name] = target
+    for gateway in intent.watch:  # evicted clusters: probed (not called) so the hub can tell when peers reach them
+        if gateway.cluster != intent.cluster.name and gateway.address and gateway.port \
+                and gateway.cluster not in found:
+            found[gateway.cluster] = Target(gateway.cluster, gateway.address, gateway.port)
     return tuple(found[name] for name in sorted(found))
 
 

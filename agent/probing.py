@@ -8,18 +8,32 @@ gateway's address accepts connections from this cluster, which is what a partiti
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import functools
 import ipaddress
 import logging
 import os
 import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
 from agent.probes import Attempt, Probes, Result, Target
 from meshfleet.v1 import hub_pb2
 
 log = logging.getLogger(__name__)
+
+LOOKUP_THREADS = 4
+_LOOKUP_EXECUTOR = concurrent.futures.ThreadPoolExecutor(LOOKUP_THREADS, thread_name_prefix="gateway-lookup")
+Resolver = Callable[..., Awaitable[list[tuple[Any, ...]]]]
+
+
+async def threaded_getaddrinfo(host: str, port: Any, **kwargs: Any) -> list[tuple[Any, ...]]:
+    """socket.getaddrinfo in threads of its own: a hung resolver then holds at most LOOKUP_THREADS threads,
+    never the default executor the agent's applies, discovery and CA work run in."""
+    return await asyncio.get_running_loop().run_in_executor(
+        _LOOKUP_EXECUTOR, functools.partial(socket.getaddrinfo, host, port, **kwargs))
 
 Connect = Callable[[Target, float], Awaitable[Attempt]]
 
@@ -42,8 +56,9 @@ class Lookups:
     the next round to join.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, getaddrinfo: Resolver | None = None) -> None:
         self._pending: dict[str, asyncio.Future[list[str]]] = {}
+        self._getaddrinfo = getaddrinfo or threaded_getaddrinfo
 
     async def addresses(self, host: str) -> list[str]:
         """The IP addresses `host` names (itself if it is one), in the resolver's order."""
@@ -51,14 +66,14 @@ class Lookups:
             return [str(ipaddress.ip_address(host))]
         pending = self._pending.get(host)
         if pending is None:
-            pending = asyncio.ensure_future(self._resolve(host))
+            pending = asyncio.ensure_future(self._resolve(self._getaddrinfo, host))
             self._pending[host] = pending
             pending.add_done_callback(lambda f: self._done(host, f))
         return await asyncio.shield(pending)
 
     @staticmethod
-    async def _resolve(host: str) -> list[str]:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    async def _resolve(getaddrinfo: Resolver, host: str) -> list[str]:
+        infos = await getaddrinfo(host, None, type=socket.SOCK_STREAM)
         return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
     def _done(self, host: str, future: asyncio.Future[list[str]]) -> None:

@@ -145,7 +145,7 @@ class Agent:
         self._origins: dict[str, str] = {}  # sink key -> origin of each object the applied intent renders
         # one sink apply at a time: a push's (in a thread, see handle_intent) and the tick's due removals
         self._sink_lock = threading.Lock()
-        self._synced = False  # the hub confirmed or replaced the applied intent since this process started
+        self._synced = False  # on the current stream, the hub confirmed or replaced the applied intent
         self._prune_error = ""
         self.applied = self._verified_cache()
         self._applying: asyncio.Future[hub_pb2.AgentMessage] | None = None
@@ -344,7 +344,8 @@ class Agent:
         """True if the tick should call prune_due: a kept object's grace ran out and the hub has since confirmed
         or replaced what this agent applied (nothing is deleted before the first sync after a start)."""
         due = next_due(self.retained, self.settings.removal_grace)
-        return self._synced and self.applied is not None and due is not None and self.clock() >= due
+        return self._synced and self.connected.is_set() and self.applied is not None and due is not None \
+            and self.clock() >= due
 
     # the plug-in CA ---------------------------------------------------------------------------
     def ca_messages(self) -> list[hub_pb2.AgentMessage]:
@@ -413,6 +414,7 @@ class Agent:
         self._report = self._inventory = None  # a new stream reports afresh
         self._ca_sent = None
         self.ca.forget_outstanding()  # a CSR sent on a dead stream is answered nowhere: send it again
+        self._synced = False  # a stream the hub never answers (hung, partitioned) must not let removals run
         report = await asyncio.to_thread(self._read_inventory)
         if report is not None:
             await outbox.put(hub_pb2.AgentMessage(discovery=report))

@@ -119,7 +119,8 @@ class Fleet:
         self.hub = Hub(HubSettings(state_dir=workdir / "hub", listen="127.0.0.1:0",
                                    bootstrap_listen="127.0.0.1:0", policies_dir=policies,
                                    heartbeat_interval=heartbeat, liveness_grace=grace,
-                                   stream_timeout=4 * heartbeat, poll_interval=poll), source=source,
+                                   stream_timeout=4 * heartbeat, poll_interval=poll, failover_settle=grace),
+                       source=source,
                        roots=roots, kube_api=kube_api)
         self.heartbeat = heartbeat
         self.poll = poll

@@ -239,6 +239,15 @@ class TrustIntent:
     """Restart istiod after cacerts changed (for Istio versions that do not reload it)."""
 
 
+@dataclass(frozen=True, order=True)
+class Gateway:
+    """A cluster's east-west gateway, as its peers reach it."""
+
+    cluster: str
+    address: str
+    port: int
+
+
 @dataclass(frozen=True)
 class ClusterIntent:
     cluster: ClusterRef
@@ -252,6 +261,9 @@ class ClusterIntent:
     """The other regions, nearest first, in tiers of equally near ones (the topology failover order)."""
     deleted: tuple[str, ...] = ()
     """Keys of resources the user deleted whose objects this cluster held: removed at once, not after a grace."""
+    watch: tuple[Gateway, ...] = ()
+    """Gateways of clusters the hub evicted from what this cluster calls: its agent keeps probing them, so the
+    hub knows whether peers reach a returning cluster (no traffic goes there)."""
 
 
 def failover_rank(intent: ClusterIntent, service: ServiceIntent, backend: ClusterRef) -> int:
@@ -333,6 +345,7 @@ class Encoder:
             *listed(b"services", intent.services, _service_json),
             *listed(b"traffic", intent.traffic, _traffic_json),
             b',"trust":', b"null" if intent.trust is None else self._fragment(intent.trust, _trust_json),
+            b',"watch":', canonical_json([_gateway_json(g) for g in intent.watch]),
             b"}",
         ])
         return version_of(content), content
@@ -368,7 +381,12 @@ def to_json(intent: ClusterIntent) -> dict[str, Any]:
         "trust": None if intent.trust is None else _trust_json(intent.trust),
         "regions": [list(t) for t in intent.regions],
         "deleted": list(intent.deleted),
+        "watch": [_gateway_json(g) for g in intent.watch],
     }
+
+
+def _gateway_json(g: Gateway) -> dict[str, Any]:
+    return {"cluster": g.cluster, "address": g.address, "port": g.port}
 
 
 def _trust_json(t: TrustIntent) -> dict[str, Any]:
@@ -625,4 +643,6 @@ def from_json(doc: Any) -> ClusterIntent:
     regions = tuple(tuple(t) for t in tiers)
     return ClusterIntent(cluster=_cluster(r.obj("cluster")), services=tuple(_service(s) for s in r.items("services")),
                          traffic=traffic, access=access, mtls=mtls, trust=None if trust is None else _trust(trust),
-                         regions=regions, deleted=r.texts("deleted") if _has(r, "deleted") else ())
+                         regions=regions, deleted=r.texts("deleted") if _has(r, "deleted") else (),
+                         watch=tuple(Gateway(g.text("cluster"), g.text("address"), g.integer("port"))
+                                     for g in r.items("watch")) if _has(r, "watch") else ())

@@ -48,20 +48,28 @@ class Evictions:
         self.since: dict[str, float] = {}  # cluster -> when its liveness (up / Unreachable) last changed
 
     # what the hub hears ---------------------------------------------------------------------------
-    def report(self, prober: str, report: hub_pb2.ProbeReport, clusters: Iterable[str]) -> bool:
-        """Take a prober's results; True if what it reaches changed. Raises ProbeReportRefused."""
-        known = set(clusters)
+    def report(self, prober: str, report: hub_pb2.ProbeReport, targets: Mapping[str, Iterable[tuple[str, int]]]
+               ) -> bool:
+        """Take a prober's results; True if what it reaches changed. Raises ProbeReportRefused.
+
+        Only results for the gateways the prober's intent names (the clusters it calls, and the evicted ones
+        it watches) count: a cluster cannot vouch for, or against, a cluster it has no business probing, nor
+        for an address that is not that cluster's gateway. Others are ignored (they may be from an intent the
+        agent has not replaced yet).
+        """
         if len(report.results) > MAX_PROBE_RESULTS:
             raise ProbeReportRefused(f"{len(report.results)} probe results (at most {MAX_PROBE_RESULTS})")
         found: dict[str, bool] = {}
+        seen: set[str] = set()
         for r in report.results:
             if dns1123_label_error(r.cluster):
                 raise ProbeReportRefused(f"probe result for {r.cluster!r}: not a cluster name")
             if r.cluster == prober:
                 raise ProbeReportRefused(f"{prober} reported a probe of its own gateway")
-            if r.cluster in found:
+            if r.cluster in seen:
                 raise ProbeReportRefused(f"cluster {r.cluster} probed twice in one report")
-            if r.cluster in known:  # a cluster removed meanwhile: ignored, not an error
+            seen.add(r.cluster)
+            if (r.address, r.port) in set(targets.get(r.cluster, ())):
                 found[r.cluster] = r.reachable
         changed = self.probes.get(prober) != found
         self.probes[prober] = found
@@ -90,9 +98,14 @@ class Evictions:
         return out
 
     def health(self, up: Mapping[str, bool], last_heard: Mapping[str, float | None], connected: Iterable[str],
-               now: float) -> dict[str, failover.Health]:
-        """Per registered cluster: heard or not, since when, and which connected peers reach its gateway."""
-        live = set(connected)
+               now: float, started: float) -> dict[str, failover.Health]:
+        """Per registered cluster: heard or not, since when, and which connected peers reach its gateway.
+
+        A cluster whose liveness has not changed since the hub started counts from then (an evicted cluster
+        heard from since a restart has been back since the start). Only probers the hub hears count: a
+        stream not yet torn down by the watchdog of a cluster gone Unreachable reports stale results.
+        """
+        live = {c for c in connected if up.get(c)}
         reached: dict[str, set[str]] = {}
         missed: dict[str, set[str]] = {}
         for prober, results in self.probes.items():
@@ -100,7 +113,7 @@ class Evictions:
                 continue
             for target, ok in results.items():
                 (reached if ok else missed).setdefault(target, set()).add(prober)
-        return {c: failover.Health(is_up, self.since.get(c, last_heard.get(c) or now),
+        return {c: failover.Health(is_up, self.since.get(c, started if is_up else (last_heard.get(c) or now)),
                                    frozenset(reached.get(c, ())), frozenset(missed.get(c, ())))
                 for c, is_up in up.items()}
 

@@ -55,7 +55,7 @@ class Event:
     at: float
     policy: str  # FailoverPolicy key
     cluster: str
-    kind: str  # Evicted | Restored | Partitioned | Returned | Flapped | RegionEvicted
+    kind: str  # Evicted | Restored | Partitioned | Returned | Flapped | RegionEvicted | NotEvicted
     message: str
 
 
@@ -77,8 +77,11 @@ class Step:
     wake_at: float | None  # when the clock alone may change the decision (a hold-down ending)
 
 
-def _names(found: Iterable[str]) -> str:
-    return ", ".join(sorted(found))
+def _names(found: Iterable[str], shown: int = 8) -> str:
+    """Sorted names, the first `shown` of them and how many more (status messages stay short in big fleets)."""
+    names = sorted(found)
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
 
 
 def step(rules: Iterable[Rule], health: Mapping[str, Health], state: State, now: float,
@@ -148,10 +151,23 @@ def step(rules: Iterable[Rule], health: Mapping[str, Health], state: State, now:
                 continue
             out[cluster] = eviction
             wake_at = restore_at if wake_at is None else min(wake_at, restore_at)
-            if note != "Returned":
+            if note not in ("Returned", "Unreached"):  # one event per return
                 event("Returned", f"{cluster} is back in touch with the hub; restored in "
                                   f"{restore_at - now:.1f} s if it stays (holdDown {rule.hold_down:g} s)")
             noted[cluster] = "Returned"
+        newly = [c for c in out if c not in held]
+        if newly and rule.clusters & health.keys() <= out.keys():
+            # every backend lost: translation would keep them all anyway (clients keep trying, outlier
+            # detection decides), so nothing new is evicted and the status does not claim otherwise
+            for cluster in newly:
+                del out[cluster]
+                if said.get(cluster) != "AllLost":
+                    events.append(Event(now, rule.policy, cluster, "NotEvicted",
+                                        f"{cluster} is lost, but so is every other cluster backing the destination; "
+                                        "nothing is evicted (clients keep every backend, outlier detection decides)"))
+                noted[cluster] = "AllLost"
+            events[:] = [e for e in events if not (e.policy == rule.policy and e.kind == "Evicted"
+                                                   and e.cluster in newly)]
         if out:
             evictions[rule.policy] = out
         if noted:

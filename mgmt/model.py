@@ -109,6 +109,15 @@ def cr_ref(kind: object, namespace: object, name: object) -> str:
     return f"{kind} {namespace}/{name}" if namespace else f"{kind} {name}"
 
 
+def ref_key(ref: str) -> str | None:
+    """The key ("Kind/namespace/name") of a resource named by cr_ref; None for anything else (a file name)."""
+    kind, _, rest = ref.partition(" ")
+    if not kind or not kind[0].isupper() or not rest or " " in rest:
+        return None
+    namespace, _, name = rest.rpartition("/")
+    return f"{kind}/{namespace}/{name}"
+
+
 @dataclass(frozen=True)
 class Destination:
     """What a policy is about: a Service of the policy's namespace, a MulticlusterService, or every workload."""

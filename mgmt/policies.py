@@ -517,7 +517,9 @@ def _traffic_policy(spec: Any, meta: Meta) -> TrafficPolicy:
 
 def _failover_policy(spec: Any, meta: Meta) -> FailoverPolicy:
     spec = _fields(spec, ("spec",), ("destination",),
-                   ("priority", "outlierDetection", "evictLostClusters", "holdDown", "peerConfirmation"))
+                   ("priority", "outlierDetection", "evictLostClusters", "holdDown", "peerConfirmation", "probe"))
+    # spec.probe (an earlier version's per-policy probe settings) is accepted and ignored: the agents probe
+    # (meshfleet agent --probe-*), and a file written for that version must not be refused as a whole
     destination = _destination(spec["destination"], ("spec", "destination"))
     opath: _Path = ("spec", "outlierDetection")
     o = _fields(spec.get("outlierDetection", {}), opath, (),

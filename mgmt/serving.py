@@ -34,7 +34,16 @@ from mgmt.identities import (
     load_or_create_ca,
     sign_cluster_csr,
 )
-from mgmt.model import Discovery, DiscoveryError, Resource, Resources, Snapshot, TrustPolicy, discovery_from_json
+from mgmt.model import (
+    Discovery,
+    DiscoveryError,
+    Resource,
+    Resources,
+    Snapshot,
+    TrustPolicy,
+    discovery_from_json,
+    ref_key,
+)
 from mgmt.registry import ClusterStatus, Registry
 from mgmt.roots import FileRootStore, RootStore
 from mgmt.rotation import RotationError
@@ -207,6 +216,8 @@ class Hub(hub_pb2_grpc.HubServicer):
             if st.connection in ("Connected", "Disconnected"):
                 st.connection = "Disconnected"
                 self._arm_deadline(st.cluster, _now())
+            elif st.connection == "Unreachable":
+                self.evictions.moved(st.cluster, st.last_heartbeat or _now())
         self._status_changed()
 
     def refresh_clusters(self) -> bool:
@@ -264,7 +275,8 @@ class Hub(hub_pb2_grpc.HubServicer):
         targets = changes.affected({} if old is None else self._reads, delta, snapshot)
         digests = {r.meta.key: self.digest(r) for r in snapshot.resources.all()}
         trust_changed = self._configure_trust(snapshot.resources.trust)
-        present = set(digests)
+        # a custom resource the source cannot parse is not deleted: its objects get the agents' removal grace
+        present = set(digests) | {key for e in (self.source.errors if self.source else ()) if (key := ref_key(e.file))}
         for name in sorted(targets):
             result = translate(snapshot, name)
             self.translations += 1
@@ -309,6 +321,19 @@ class Hub(hub_pb2_grpc.HubServicer):
         return tuple(sorted(gone))
 
     # failover ---------------------------------------------------------------------------------
+    def _probe_targets(self, cluster: str) -> dict[str, set[tuple[str, int]]]:
+        """The gateways `cluster`'s last translated intent tells its agent to probe, by cluster."""
+        intent = self._translated_intents.get(cluster)
+        out: dict[str, set[tuple[str, int]]] = {}
+        if intent is not None:
+            for service in intent.services:
+                for b in service.backends:
+                    if b.cluster.name != cluster:
+                        out.setdefault(b.cluster.name, set()).add((b.address, b.port))
+            for g in intent.watch:
+                out.setdefault(g.cluster, set()).add((g.address, g.port))
+        return out
+
     def _failover_step(self) -> None:
         """Let the failover planner look at the clusters' liveness and probes; re-translate if it evicted or
         restored a cluster, and wake again when a hold-down ends."""
@@ -316,7 +341,7 @@ class Hub(hub_pb2_grpc.HubServicer):
         if snapshot is None or self._stopped or self._loop is None:
             return
         now = _now()
-        settle = self._started_at + self.settings.liveness_grace
+        settle = self._started_at + max(self.settings.failover_settle, self.settings.liveness_grace)
         if now < settle:
             # after a (re)start, agents need a grace period to reconnect and report their probes: no decision
             # before (evictions in hub.db stay in effect meanwhile)
@@ -325,7 +350,8 @@ class Hub(hub_pb2_grpc.HubServicer):
             return
         up = {c: st.connection != "Unreachable" for c, st in self.statuses.items() if c in self.clusters}
         heard = {c: st.last_heartbeat for c, st in self.statuses.items() if c in self.clusters}
-        result = self.evictions.step(snapshot, self.evictions.health(up, heard, self.sessions, now), now)
+        health = self.evictions.health(up, heard, self.sessions, now, self._started_at)
+        result = self.evictions.step(snapshot, health, now)
         if result.events:
             self._status_changed()
         if self._failover_timer is not None:
@@ -744,7 +770,7 @@ class Hub(hub_pb2_grpc.HubServicer):
                 self._trust_tick()
         elif kind == "probes":
             try:
-                if self.evictions.report(cluster, msg.probes, self.clusters):
+                if self.evictions.report(cluster, msg.probes, self._probe_targets(cluster)):
                     self._failover_step()
             except ProbeReportRefused as exc:
                 log.error("probe report of %s refused, keeping the previous one: %s", cluster, exc)

@@ -38,6 +38,9 @@ class HubSettings:
     """Status (heartbeats, ACKs) is written to hub.db at most this often."""
     trust_refresh: float = 30.0
     """How often the TrustPolicy is taken again although it did not change (a supplied root's Secret may have)."""
+    failover_settle: float = 45.0
+    """After a start, how long the failover planner waits before deciding anything: agents reconnect with a
+    backoff of up to 30 s, plus the grace period for their probe reports (evictions in hub.db stay meanwhile)."""
     region_costs: tuple[tuple[str, str, float], ...] = ()
     """Declared costs (latency) of links between regions (mgmt.regions): the nearest-regions failover order."""
     client_cert_days: int = 365

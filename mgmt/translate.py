@@ -25,6 +25,7 @@ from meshfleet.intents import (
     AccessSource,
     Backend,
     ClusterIntent,
+    Gateway,
     Mirror,
     MtlsRule,
     OutlierDetection,
@@ -101,12 +102,22 @@ def _catalog(snapshot: Snapshot, topo: Topology, key: ServiceKey) -> Catalog:
             if not report.gateway_address:
                 problems.append(f"cluster {name} backs {gs.namespace}/{gs.service} but reports no east-west gateway "
                                 "address; only its own clients reach it")
+        away: list[Backend] = []
         if evicted and any(b.cluster.name not in evicted for b in reachable):
-            own_only.extend(b for b in reachable if b.cluster.name in evicted)
+            away = [b for b in reachable if b.cluster.name in evicted]
+            own_only.extend(away)
             reachable = [b for b in reachable if b.cluster.name not in evicted]
+        memo["away"] = tuple(Gateway(b.cluster.name, b.address, b.port) for b in away)
         memo["catalog"] = (tuple(reachable), tuple(sorted(own_only, key=lambda b: b.cluster.name)), tuple(problems))
     result: Catalog = memo["catalog"]
     return result
+
+
+def _away(snapshot: Snapshot, topo: Topology, key: ServiceKey) -> tuple[Gateway, ...]:
+    """The gateways of a global service's evicted backends (its clients keep probing them)."""
+    _catalog(snapshot, topo, key)
+    away: tuple[Gateway, ...] = _scoped(snapshot, ("svc", key))["away"]
+    return away
 
 
 def evicted_from(snapshot: Snapshot, topo: Topology, key: ServiceKey) -> frozenset[str]:
@@ -423,9 +434,12 @@ def translate(snapshot: Snapshot, cluster: str) -> Translation:
     mtls, found = _mtls(guarded, cluster)
     problems.extend(found)
     me = snapshot.clusters[cluster]
+    # the evicted backends of what this cluster calls: its agent keeps probing them (restoration needs peers)
+    watch = {g for key in topo.received_by.get(cluster, ()) for g in _away(snapshot, topo, key) if g.cluster != cluster}
     intent = ClusterIntent(
         cluster=me,
         regions=regions(snapshot, me.region),
+        watch=tuple(sorted(watch)),
         services=tuple(services[k] for k in sorted(services)),
         traffic=tuple(sorted(traffic, key=lambda t: (t.namespace, t.service))),
         access=tuple(sorted(access, key=lambda a: (a.namespace, a.policy))),

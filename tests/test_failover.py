@@ -4,6 +4,7 @@ translation makes of evictions (endpoints out of other clusters' intents, weight
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 
 import pytest
 
@@ -333,3 +334,87 @@ def test_rendered_failover_settings_are_schema_valid_and_follow_the_topology(cli
         assert e["locality"] == f"{FLEET[cluster].region}/{FLEET[cluster].zone}"
         assert e["network"] == FLEET[cluster].network
     assert [{c for c, p in priority.items() if p == level} for level in range(4)] == ORDER[client]
+
+
+# review findings ------------------------------------------------------------------------------------
+def test_losing_every_backend_evicts_none_and_says_so_once() -> None:
+    lost = {c: Health(False, 80.0) for c in ("a", "b", "c")}
+    result = run(lost)
+    assert result.state.evicted() == {}
+    assert sorted(kinds(result)) == [("NotEvicted", "a"), ("NotEvicted", "b"), ("NotEvicted", "c")]
+    assert run(lost, result.state, now=101.0).events == ()
+    # one comes back: the others are now evicted (one backend is left)
+    back = run({**lost, "c": Health(True, 101.0)}, result.state, now=102.0)
+    assert back.state.evicted() == {RULE.policy: frozenset({"a", "b"})}
+
+
+def test_a_return_is_one_event_even_when_peers_confirm_it_late() -> None:
+    state = run(healthy(a=Health(False, 80.0))).state
+    blocked = run(healthy(a=Health(True, 100.0, missed_by=frozenset({"b"}))), state, now=101.0)
+    waiting = run(healthy(a=Health(True, 100.0, reached_by=frozenset({"b"}))), blocked.state, now=102.0)
+    assert kinds(blocked) == [("Returned", "a")] and waiting.events == ()
+    assert run(healthy(a=Health(True, 100.0)), waiting.state, now=160.0).state.evicted() == {}
+
+
+def test_long_peer_lists_are_cut_short_in_messages() -> None:
+    peers = frozenset(f"peer-{i:03d}" for i in range(50))
+    result = run(healthy(a=Health(False, 80.0, missed_by=peers)))
+    assert "peer-000, peer-001" in result.events[0].message and "and 42 more" in result.events[0].message
+    assert len(result.events[0].message) < 300
+
+
+def test_survivors_keep_probing_an_evicted_cluster() -> None:
+    snap = fleet(frozenset({"use1"}))
+    for name in set(FLEET) - {"use1"}:
+        [gateway] = translate(snap, name).intent.watch
+        assert (gateway.cluster, gateway.address, gateway.port) == ("use1", *_gateway("use1"))
+    assert translate(snap, "use1").intent.watch == ()
+    assert translate(fleet(), "euw1").intent.watch == ()
+
+
+def _gateway(cluster: str) -> tuple[str, int]:
+    found = DISCOVERY[cluster]
+    return found.gateway_address, found.gateway_port
+
+
+def test_probe_results_count_only_for_the_gateways_the_probers_intent_names(tmp_path: Path) -> None:
+    from meshfleet.v1 import hub_pb2
+    from mgmt.evicting import Evictions, ProbeReportRefused
+    from mgmt.registry import Registry
+
+    registry = Registry(tmp_path)
+    try:
+        ev = Evictions(registry)
+        targets = {"use1": [("eastwest.use1.example", 15443)]}
+
+        def report(*results: tuple[str, str, int, bool]) -> hub_pb2.ProbeReport:
+            return hub_pb2.ProbeReport(results=[hub_pb2.ProbeResult(cluster=c, address=a, port=p, reachable=r)
+                                                for c, a, p, r in results])
+
+        assert ev.report("aps1", report(("use1", "eastwest.use1.example", 15443, True),
+                                        ("euw1", "eastwest.euw1.example", 15443, True),  # not a target of aps1
+                                        ("use1x", "203.0.113.9", 1, True)), targets)
+        assert ev.probes["aps1"] == {"use1": True}
+        ev.report("aps1", report(("use1", "203.0.113.9", 1, True)), targets)  # not use1's gateway
+        assert ev.probes["aps1"] == {}
+        for bad, why in ((report(("aps1", "x", 1, True)), "its own gateway"),
+                         (report(("Not_A_Name", "x", 1, True)), "not a cluster name"),
+                         (report(("use1", "x", 1, True), ("use1", "y", 1, False)), "probed twice")):
+            with pytest.raises(ProbeReportRefused, match=why):
+                ev.report("aps1", bad, targets)
+        # a prober the hub does not hear (Unreachable, stream not torn down yet) is no witness
+        ev.report("aps1", report(("use1", "eastwest.use1.example", 15443, True)), targets)
+        health = ev.health({"use1": False, "aps1": False}, {"use1": 1.0, "aps1": 1.0}, ["aps1"], 10.0, 0.0)
+        assert health["use1"].reached_by == frozenset()
+        health = ev.health({"use1": False, "aps1": True}, {"use1": 1.0, "aps1": 1.0}, ["aps1"], 10.0, 0.0)
+        assert health["use1"].reached_by == frozenset({"aps1"})
+        # a cluster whose liveness has not changed since the hub started counts from the start
+        assert health["aps1"].since == 0.0
+    finally:
+        registry.close()
+
+
+def test_a_resource_named_in_a_source_error_has_a_key() -> None:
+    from mgmt.model import cr_ref, ref_key
+    assert ref_key(cr_ref("MulticlusterService", "bookinfo", "ratings")) == "MulticlusterService/bookinfo/ratings"
+    assert ref_key("policies/ratings.yaml") is None

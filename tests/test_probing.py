@@ -233,11 +233,9 @@ def test_a_hung_name_lookup_is_not_started_again_while_it_runs() -> None:
             await release.wait()
             return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
 
-        loop = asyncio.get_running_loop()
-        setattr(loop, "getaddrinfo", fake_getaddrinfo(calls, slow))  # noqa: B010  (mypy refuses a method assignment)
         server, port, _ = await listener()
         async with server:
-            lookups = Lookups()
+            lookups = Lookups(fake_getaddrinfo(calls, slow))
             for _ in range(3):  # three rounds while the resolver hangs: one lookup
                 attempt = await tcp_connect("gw.example", port, 0.05, lookups)
                 assert attempt == Attempt(False, "no connection within 0.05 s")
@@ -255,8 +253,7 @@ def test_a_name_that_does_not_resolve_says_so() -> None:
         async def unknown() -> Any:
             raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
 
-        setattr(asyncio.get_running_loop(), "getaddrinfo", fake_getaddrinfo([], unknown))  # noqa: B010
-        return await tcp_connect("gw.example", 15443, 1.0)
+        return await tcp_connect("gw.example", 15443, 1.0, Lookups(fake_getaddrinfo([], unknown)))
     assert run(scenario()) == Attempt(False, "cannot resolve the address: Name or service not known")
 
 
@@ -461,3 +458,23 @@ def test_the_hub_hears_what_an_agent_reaches_and_again_on_each_stream(tmp_path: 
             await fleet.stop()
             server.close()
     run(scenario())
+
+
+def test_name_lookups_run_in_threads_of_their_own() -> None:
+    """A hung resolver must not take the default executor, which the agent's applies run in."""
+    async def scenario() -> str:
+        seen: list[str] = []
+        real = socket.getaddrinfo
+
+        def spy(*args: Any, **kwargs: Any) -> Any:
+            import threading
+            seen.append(threading.current_thread().name)
+            return real(*args, **kwargs)
+
+        socket.getaddrinfo = spy  # type: ignore[assignment]
+        try:
+            await Lookups().addresses("localhost")
+        finally:
+            socket.getaddrinfo = real  # type: ignore[assignment]
+        return seen[0]
+    assert run(scenario()).startswith("gateway-lookup")
