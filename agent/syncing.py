@@ -496,11 +496,13 @@ class Agent:
         finally:
             for t in tasks:
                 t.cancel()
-            for t in tasks:
-                with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError,
-                                         grpc.aio.UsageError, asyncio.InvalidStateError):
-                    await t
-            call.cancel()
+            try:
+                # one gather, not an await per task under suppress(CancelledError): that would also swallow a
+                # cancellation of this task arriving while they wind down, and the agent would reconnect
+                # instead of stopping (a cancelled gather still waits for its tasks, then raises)
+                await asyncio.gather(*tasks, return_exceptions=True)
+            finally:
+                call.cancel()
 
     async def handle_intent(self, push: hub_pb2.IntentPush) -> hub_pb2.AgentMessage:
         """Apply a push off the event loop (rendering and file writes block); the answer to send.

@@ -98,7 +98,8 @@ class Evictions:
         return out
 
     def health(self, up: Mapping[str, bool], last_heard: Mapping[str, float | None], connected: Iterable[str],
-               now: float, started: float) -> dict[str, failover.Health]:
+               now: float, started: float, probers: Mapping[str, Iterable[str]] | None = None
+               ) -> dict[str, failover.Health]:
         """Per registered cluster: heard or not, since when, and which connected peers reach its gateway.
 
         A cluster whose liveness has not changed since the hub started counts from then (an evicted cluster
@@ -114,7 +115,8 @@ class Evictions:
             for target, ok in results.items():
                 (reached if ok else missed).setdefault(target, set()).add(prober)
         return {c: failover.Health(is_up, self.since.get(c, started if is_up else (last_heard.get(c) or now)),
-                                   frozenset(reached.get(c, ())), frozenset(missed.get(c, ())))
+                                   frozenset(reached.get(c, ())), frozenset(missed.get(c, ())),
+                                   frozenset((probers or {}).get(c, ())))
                 for c, is_up in up.items()}
 
     def step(self, snapshot: Snapshot, health: Mapping[str, failover.Health], now: float) -> failover.Step:

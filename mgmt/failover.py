@@ -42,6 +42,7 @@ class Health:
     since: float  # when `up` last took its value
     reached_by: frozenset[str] = frozenset()  # connected peers whose probes reach its gateway
     missed_by: frozenset[str] = frozenset()  # connected peers whose probes fail
+    probers: frozenset[str] = frozenset()  # peers whose intent names its gateway, heard from or not
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,14 @@ def step(rules: Iterable[Rule], health: Mapping[str, Health], state: State, now:
                                              f"{_names(h.reached_by)} still reach its east-west gateway: a partition "
                                              "of the hub's link, not an outage; not evicted")
                     noted[cluster] = "Partitioned"
+                    continue
+                if rule.peer_confirmation and not h.missed_by and h.probers:
+                    # those who could confirm the outage are lost to the hub too: its own link is the likelier cause
+                    if note != "Unconfirmed":
+                        event("Partitioned", f"the hub lost {cluster} {now - h.since:.1f} s ago, and every cluster "
+                                             f"probing its east-west gateway ({_names(h.probers)}) too: nothing "
+                                             "confirms an outage; not evicted")
+                    noted[cluster] = "Unconfirmed"
                     continue
                 if h.missed_by:
                     why = f"{_names(h.missed_by)} cannot reach its east-west gateway either"

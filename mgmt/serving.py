@@ -121,6 +121,8 @@ class Hub(hub_pb2_grpc.HubServicer):
         self.evictions = Evictions(self.registry)
         self._failover_timer: asyncio.TimerHandle | None = None
         self._started_at = 0.0
+        self._targets: dict[str, dict[str, set[tuple[str, int]]]] = {}  # cluster -> gateways its agent probes
+        self._probers: dict[str, set[str]] | None = None  # cluster -> the clusters told to probe its gateway
         self.ca = load_or_create_ca(settings.state_dir, dt.datetime.now(dt.UTC))
         if source is None and settings.policies_dir is not None:
             source = DirectoryPolicySource(settings.policies_dir, self.registry.get_meta("policy_last_good"))
@@ -234,8 +236,9 @@ class Hub(hub_pb2_grpc.HubServicer):
         for name in [n for n, at in self._created.items() if created.get(n) != at]:
             # removed, or removed and added again: nothing of the old cluster may linger
             for per_cluster in (self.intents, self.discovery, self.statuses, self.included, self.cluster_problems,
-                                self._reads, self._translated, self._translated_intents):
+                                self._reads, self._translated, self._translated_intents, self._targets):
                 per_cluster.pop(name, None)
+            self._probers = None
         self._created = created
         clusters = {n: ClusterRef(r.name, r.region, r.zone, r.network) for n, r in records.items()}
         labels = {n: dict(r.labels) for n, r in records.items()}
@@ -285,6 +288,8 @@ class Hub(hub_pb2_grpc.HubServicer):
             deleted = self._deletions(name, result.applied, present)
             self._translated_intents[name] = (dataclasses.replace(result.intent, deleted=deleted) if deleted
                                               else result.intent)
+            self._targets.pop(name, None)
+            self._probers = None
             self._publish(name, {k: digests[k] for k in result.applied}, result.problems)
         if trust_changed:
             self._retrust(skip=targets)
@@ -322,9 +327,14 @@ class Hub(hub_pb2_grpc.HubServicer):
 
     # failover ---------------------------------------------------------------------------------
     def _probe_targets(self, cluster: str) -> dict[str, set[tuple[str, int]]]:
-        """The gateways `cluster`'s last translated intent tells its agent to probe, by cluster."""
+        """The gateways `cluster`'s last translated intent tells its agent to probe, by cluster (cached until
+        the cluster is translated again)."""
+        cached = self._targets.get(cluster)
+        if cached is not None:
+            return cached
         intent = self._translated_intents.get(cluster)
         out: dict[str, set[tuple[str, int]]] = {}
+        self._targets[cluster] = out
         if intent is not None:
             for service in intent.services:
                 for b in service.backends:
@@ -350,7 +360,12 @@ class Hub(hub_pb2_grpc.HubServicer):
             return
         up = {c: st.connection != "Unreachable" for c, st in self.statuses.items() if c in self.clusters}
         heard = {c: st.last_heartbeat for c, st in self.statuses.items() if c in self.clusters}
-        health = self.evictions.health(up, heard, self.sessions, now, self._started_at)
+        if self._probers is None:  # who is told to probe whom: changes only with a translation
+            self._probers = {}
+            for prober in self.clusters:
+                for target in self._probe_targets(prober):
+                    self._probers.setdefault(target, set()).add(prober)
+        health = self.evictions.health(up, heard, self.sessions, now, self._started_at, self._probers)
         result = self.evictions.step(snapshot, health, now)
         if result.events:
             self._status_changed()

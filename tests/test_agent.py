@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import threading
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
+from agent.probes import Attempt, Target
 from agent.settings import AgentSettings
 from agent.syncing import Agent, AppliedCache, backoff_delay
+from meshfleet.demo import EXAMPLES, Fleet, demo_clusters
 from meshfleet.intents import MEDIA_TYPE, Backend, ClusterIntent, ClusterRef, Port, ServiceIntent, encode
 from meshfleet.v1 import hub_pb2
-from tests.fleets import tree
+from tests.fleets import run, tree
 
 ME = ClusterRef("us-east-1", "us-east", "us-east-1a", "net-us-east")
 
@@ -119,3 +123,40 @@ def test_cached_intent_is_not_trusted_when_the_output_no_longer_matches(tmp_path
     restarted = agent(tmp_path)
     assert restarted.applied_version == ""  # so the hub pushes again
     assert not list((tmp_path / "out").rglob("serviceentry-*.yaml"))  # and nothing is written before that
+
+
+def test_an_agent_cancelled_while_its_stream_winds_down_stops(tmp_path: Path) -> None:
+    """A cancellation arriving while a stream's tasks wind down must stop the agent, not be swallowed (it
+    would reconnect instead, and a SIGTERM landing as a stream ends would be ignored)."""
+    async def scenario() -> None:
+        shutil.copytree(EXAMPLES / "policies", tmp_path / "policies")
+        fleet = Fleet(tmp_path, demo_clusters(2, tmp_path), tmp_path / "policies", heartbeat=0.2, grace=1.0,
+                      gateways=True)
+        await fleet.start()
+        try:
+            assert await fleet.wait_converged(20)
+            agent = fleet.agents["us-east-1"]
+            probing = asyncio.Event()
+
+            async def slow_to_cancel(target: Target, within: float) -> Attempt:
+                probing.set()
+                try:
+                    await asyncio.sleep(30)
+                except asyncio.CancelledError:
+                    await asyncio.sleep(0.5)  # a connect that takes a moment to give up
+                    raise
+                return Attempt(True)
+
+            agent.prober._connect = slow_to_cancel
+            await asyncio.wait_for(probing.wait(), 5)
+            fleet.hub._refuse(fleet.hub.sessions["us-east-1"], grpc.StatusCode.ABORTED, "stream ends")
+            await asyncio.sleep(0.2)  # the agent is in Agent._sync's finally, waiting for its probe task
+            task = fleet.tasks.pop("us-east-1")
+            task.cancel()
+            done, _ = await asyncio.wait([task], timeout=3)
+            assert done, f"the agent ignored its cancellation (cancelling()={task.cancelling()}) and reconnected"
+        finally:
+            for t in fleet.tasks.values():
+                t.cancel()
+            await fleet.stop()
+    run(scenario())

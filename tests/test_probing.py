@@ -471,10 +471,10 @@ def test_name_lookups_run_in_threads_of_their_own() -> None:
             seen.append(threading.current_thread().name)
             return real(*args, **kwargs)
 
-        socket.getaddrinfo = spy  # type: ignore[assignment]
+        socket.getaddrinfo = spy
         try:
             await Lookups().addresses("localhost")
         finally:
-            socket.getaddrinfo = real  # type: ignore[assignment]
+            socket.getaddrinfo = real
         return seen[0]
     assert run(scenario()).startswith("gateway-lookup")
