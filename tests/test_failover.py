@@ -418,3 +418,15 @@ def test_a_resource_named_in_a_source_error_has_a_key() -> None:
     from mgmt.model import cr_ref, ref_key
     assert ref_key(cr_ref("MulticlusterService", "bookinfo", "ratings")) == "MulticlusterService/bookinfo/ratings"
     assert ref_key("policies/ratings.yaml") is None
+
+
+def test_a_lost_cluster_whose_probers_the_hub_lost_too_is_not_evicted() -> None:
+    unconfirmed = healthy(a=Health(False, 80.0, probers=frozenset({"b", "c"})))
+    result = run(unconfirmed)
+    assert result.state.evicted() == {}
+    assert kinds(result) == [("Partitioned", "a")]
+    assert "every cluster probing its east-west gateway (b, c) too" in result.events[0].message
+    assert run(unconfirmed, result.state, now=101.0).events == ()
+    # one prober is heard again and cannot reach it: confirmed
+    confirmed = healthy(a=Health(False, 80.0, missed_by=frozenset({"b"}), probers=frozenset({"b", "c"})))
+    assert kinds(run(confirmed, result.state, now=102.0)) == [("Evicted", "a")]
