@@ -518,16 +518,6 @@ def measure_signing(workdir: Path, algorithm: str, signatures: int, distinct: in
 # report --------------------------------------------------------------------------------------------
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def three(values: Sequence[float]) -> str:
     """min / median / max, in seconds."""
     return f"{min(values):.3f} / {statistics.median(values):.3f} / {max(values):.3f}"
@@ -619,7 +609,7 @@ def report_signing(results: Sequence[Signing]) -> None:
 def machine() -> list[tuple[str, str]]:
     return [
         ("command", shlex.join(sys.orig_argv)),
-        ("machine", f"{os.cpu_count()} CPU(s), {cpu_model()}, {platform.system()} {platform.release()}"),
+        ("machine", f"{os.cpu_count()} CPU(s), {running.cpu_model()}, {platform.system()} {platform.release()}"),
         ("python", f"{platform.python_implementation()} {platform.python_version()}, cryptography "
                    f"{cryptography.__version__}, {openssl_backend.openssl_version_text()}"),
     ]

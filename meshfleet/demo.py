@@ -186,6 +186,8 @@ class Fleet:
     async def stop(self) -> None:
         for name in list(self.tasks):
             await self.stop_agent(name)
+        # let the hub see the streams end before it stops serving (no handler left to cancel mid-stream)
+        await _until(lambda: not self.hub.sessions, 2.0)
         await self.hub.stop(grace=0)
         for gateway in self.gateways.values():
             await gateway.close()
@@ -371,7 +373,6 @@ async def outage(fleet: Fleet, region: str, within: float) -> int:
         print("error: the surviving clusters did not fail over (see `meshfleet status`)", file=sys.stderr)
         return 1
     acked = time.time()
-    shown = len(hub.evictions.events)
     for e in hub.evictions.events:
         if e.kind in ("Evicted", "RegionEvicted") and (e.cluster in lost or region in e.message):
             print(f"            hub: {e.policy}: {e.kind}{' ' + e.cluster if e.cluster else ''}: {e.message}")
@@ -391,8 +392,8 @@ async def outage(fleet: Fleet, region: str, within: float) -> int:
                         within):
         print("error: the region was not restored", file=sys.stderr)
         return 1
-    for e in hub.evictions.events[shown:]:
-        if e.kind in ("Returned", "Restored") and e.cluster in lost:
+    for e in hub.evictions.events:
+        if e.kind in ("Returned", "Restored") and e.cluster in lost and e.at >= acked:
             print(f"            hub: {e.policy}: {e.kind} {e.cluster}: {e.message}")
     print(f"  {at()}  restored: every cluster ACKed the intent with {', '.join(lost)} back")
     print(f"  after:  {watch} sends reviews to {_weights(fleet, watch)}; endpoints {_endpoints(fleet, watch)}")

@@ -85,7 +85,10 @@ class Evictions:
 
     # deciding -------------------------------------------------------------------------------------
     def rules(self, snapshot: Snapshot) -> list[failover.Rule]:
-        """One rule per FailoverPolicy in effect that evicts lost clusters."""
+        """One rule per FailoverPolicy in effect that evicts lost clusters (computed once per snapshot)."""
+        cached: list[failover.Rule] | None = snapshot.memo.get("failover-rules")
+        if cached is not None:
+            return cached
         topo = topology(snapshot)
         out = []
         for policy in snapshot.resources.failover:
@@ -95,6 +98,7 @@ class Evictions:
             if policy.evict_lost_clusters:
                 out.append(failover.Rule(policy.meta.key, frozenset(topo.servers[key]),
                                          float(duration_seconds(policy.hold_down)), policy.peer_confirmation))
+        snapshot.memo["failover-rules"] = out
         return out
 
     def health(self, up: Mapping[str, bool], last_heard: Mapping[str, float | None], connected: Iterable[str],
