@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from meshfleet.intents import ClusterIntent
+from meshfleet.intents import ClusterIntent, gateways
 
 
 @dataclass(frozen=True, order=True)
@@ -53,27 +53,16 @@ class _State:
 
 
 def targets_of(intent: ClusterIntent) -> tuple[Target, ...]:
-    """One target per remote cluster the intent routes to, sorted by cluster.
+    """One target per remote cluster the intent routes to or watches (meshfleet.intents.gateways), by cluster.
 
     Remote: a backend of another cluster with a gateway address and port. Each service lists its
     backends' gateways; should two services disagree on one cluster's gateway (the hub building them
     from different discovery reports), the first in (address, port) order is probed, so the choice
     is the same on every agent and does not depend on service order.
     """
-    found: dict[str, Target] = {}
-    for service in intent.services:
-        for backend in service.backends:
-            name = backend.cluster.name
-            if name == intent.cluster.name or not backend.address or not backend.port:
-                continue
-            target = Target(name, backend.address, backend.port)
-            if name not in found or target < found[name]:
-                found[name] = target
-    for gateway in intent.watch:  # evicted clusters: probed (not called) so the hub can tell when peers reach them
-        if gateway.cluster != intent.cluster.name and gateway.address and gateway.port \
-                and gateway.cluster not in found:
-            found[gateway.cluster] = Target(gateway.cluster, gateway.address, gateway.port)
-    return tuple(found[name] for name in sorted(found))
+    found = gateways(intent)
+    chosen = (min(found[name]) for name in sorted(found))
+    return tuple(Target(g.cluster, g.address, g.port) for g in chosen)
 
 
 def _verdicts(results: Iterable[Result]) -> tuple[tuple[Target, bool], ...]:

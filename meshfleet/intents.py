@@ -266,6 +266,19 @@ class ClusterIntent:
     hub knows whether peers reach a returning cluster (no traffic goes there)."""
 
 
+def gateways(intent: ClusterIntent) -> dict[str, set[Gateway]]:
+    """The east-west gateways of the other clusters an intent names, by cluster: those of its remote backends
+    (with an address and port) and those of the evicted clusters it watches. The agent probes them; the hub
+    counts probe results only for them."""
+    found: dict[str, set[Gateway]] = {}
+    me = intent.cluster.name
+    named = (Gateway(b.cluster.name, b.address, b.port) for s in intent.services for b in s.backends)
+    for g in (*named, *intent.watch):
+        if g.cluster != me and g.address and g.port:
+            found.setdefault(g.cluster, set()).add(g)
+    return found
+
+
 def failover_rank(intent: ClusterIntent, service: ServiceIntent, backend: ClusterRef) -> int:
     """How far down the failover order a backend is for the receiving cluster (0 first; ties share a rank).
 

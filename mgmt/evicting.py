@@ -9,9 +9,10 @@ put a lost cluster back for a grace period and take it out again). Decisions are
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
+from meshfleet.intents import Gateway
 from meshfleet.names import dns1123_label_error
 from meshfleet.v1 import hub_pb2
 from mgmt import failover
@@ -48,8 +49,7 @@ class Evictions:
         self.since: dict[str, float] = {}  # cluster -> when its liveness (up / Unreachable) last changed
 
     # what the hub hears ---------------------------------------------------------------------------
-    def report(self, prober: str, report: hub_pb2.ProbeReport, targets: Mapping[str, Iterable[tuple[str, int]]]
-               ) -> bool:
+    def report(self, prober: str, report: hub_pb2.ProbeReport, targets: Mapping[str, Collection[Gateway]]) -> bool:
         """Take a prober's results; True if what it reaches changed. Raises ProbeReportRefused.
 
         Only results for the gateways the prober's intent names (the clusters it calls, and the evicted ones
@@ -69,7 +69,7 @@ class Evictions:
             if r.cluster in seen:
                 raise ProbeReportRefused(f"cluster {r.cluster} probed twice in one report")
             seen.add(r.cluster)
-            if (r.address, r.port) in set(targets.get(r.cluster, ())):
+            if Gateway(r.cluster, r.address, r.port) in targets.get(r.cluster, ()):
                 found[r.cluster] = r.reachable
         changed = self.probes.get(prober) != found
         self.probes[prober] = found

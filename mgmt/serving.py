@@ -20,7 +20,7 @@ import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from meshfleet.intents import MEDIA_TYPE, PROTOCOL_VERSION, ClusterIntent, ClusterRef, Encoder
+from meshfleet.intents import MEDIA_TYPE, PROTOCOL_VERSION, ClusterIntent, ClusterRef, Encoder, Gateway, gateways
 from meshfleet.jointokens import register_address
 from meshfleet.names import dns1123_label_error
 from meshfleet.v1 import hub_pb2, hub_pb2_grpc
@@ -121,7 +121,7 @@ class Hub(hub_pb2_grpc.HubServicer):
         self.evictions = Evictions(self.registry)
         self._failover_timer: asyncio.TimerHandle | None = None
         self._started_at = 0.0
-        self._targets: dict[str, dict[str, set[tuple[str, int]]]] = {}  # cluster -> gateways its agent probes
+        self._targets: dict[str, dict[str, set[Gateway]]] = {}  # cluster -> gateways its agent probes
         self._probers: dict[str, set[str]] | None = None  # cluster -> the clusters told to probe its gateway
         self.ca = load_or_create_ca(settings.state_dir, dt.datetime.now(dt.UTC))
         if source is None and settings.policies_dir is not None:
@@ -326,23 +326,14 @@ class Hub(hub_pb2_grpc.HubServicer):
         return tuple(sorted(gone))
 
     # failover ---------------------------------------------------------------------------------
-    def _probe_targets(self, cluster: str) -> dict[str, set[tuple[str, int]]]:
+    def _probe_targets(self, cluster: str) -> dict[str, set[Gateway]]:
         """The gateways `cluster`'s last translated intent tells its agent to probe, by cluster (cached until
         the cluster is translated again)."""
-        cached = self._targets.get(cluster)
-        if cached is not None:
-            return cached
-        intent = self._translated_intents.get(cluster)
-        out: dict[str, set[tuple[str, int]]] = {}
-        self._targets[cluster] = out
-        if intent is not None:
-            for service in intent.services:
-                for b in service.backends:
-                    if b.cluster.name != cluster:
-                        out.setdefault(b.cluster.name, set()).add((b.address, b.port))
-            for g in intent.watch:
-                out.setdefault(g.cluster, set()).add((g.address, g.port))
-        return out
+        found = self._targets.get(cluster)
+        if found is None:
+            intent = self._translated_intents.get(cluster)
+            found = self._targets[cluster] = gateways(intent) if intent is not None else {}
+        return found
 
     def _failover_step(self) -> None:
         """Let the failover planner look at the clusters' liveness and probes; re-translate if it evicted or
@@ -372,7 +363,7 @@ class Hub(hub_pb2_grpc.HubServicer):
         if self._failover_timer is not None:
             self._failover_timer.cancel()
             self._failover_timer = None
-        if result.wake_at is not None and self._loop is not None:
+        if result.wake_at is not None:
             self._failover_timer = self._loop.call_later(max(0.0, result.wake_at - _now()), self._failover_step)
         if self.evictions.evicted() != dict(snapshot.evicted):
             self.mark_dirty()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from agent.render import RenderContext, render
-from meshfleet.intents import ClusterRef, OutlierDetection, ServiceIntent, WeightedTarget, decode, encode
+from meshfleet.intents import ClusterRef, Gateway, OutlierDetection, ServiceIntent, WeightedTarget, decode, encode
 from mgmt import changes, failover
 from mgmt.failover import Eviction, Health, Rule, State
 from mgmt.model import ClusterSelector, FailoverPolicy, Snapshot
@@ -385,7 +385,7 @@ def test_probe_results_count_only_for_the_gateways_the_probers_intent_names(tmp_
     registry = Registry(tmp_path)
     try:
         ev = Evictions(registry)
-        targets = {"use1": [("eastwest.use1.example", 15443)]}
+        targets = {"use1": {Gateway("use1", "eastwest.use1.example", 15443)}}
 
         def report(*results: tuple[str, str, int, bool]) -> hub_pb2.ProbeReport:
             return hub_pb2.ProbeReport(results=[hub_pb2.ProbeResult(cluster=c, address=a, port=p, reachable=r)
