@@ -169,7 +169,7 @@ class Agent:
             intent = decode(cached.version, cached.content)
             objects = render(intent, self.ctx)
             # what the next push drops came from these origins, whether or not the target still matches
-            self._origins = {self.sink.key(o): origin_of(o) for o in objects}
+            self._origins = self._origins_of(objects)
             if self.sink.holds(objects, extra=self.retained):  # objects kept past their intent are expected too
                 self.objects = len(objects)
                 self.trust = intent.trust  # renewals go on from it, even while the hub is away
@@ -291,6 +291,10 @@ class Agent:
         return hub_pb2.AgentMessage(ack=hub_pb2.Ack(version=push.version))
 
     # removal after a grace period -------------------------------------------------------------
+    def _origins_of(self, objects: list[dict[str, Any]]) -> dict[str, str]:
+        """Sink key -> the hub resource each object comes from (what a later intent's `deleted` names)."""
+        return {self.sink.key(o): origin_of(o) for o in objects}
+
     def _write(self, intent: ClusterIntent, objects: list[dict[str, Any]]) -> ApplyResult:
         """Apply `objects` to the sink, keeping what the intent dropped for the removal grace (under _sink_lock).
 
@@ -309,7 +313,7 @@ class Agent:
         for key, why in sorted(plan.pruned.items()):
             log.info("removing %s: %s", key, why)
         retained = plan.after(result.held)
-        self._origins = {self.sink.key(o): origin_of(o) for o in objects}
+        self._origins = self._origins_of(objects)
         if retained != self.retained:
             self.retained = retained
             try:

@@ -105,13 +105,15 @@ def step(rules: Iterable[Rule], health: Mapping[str, Health], state: State, now:
         said = state.notes.get(rule.policy, {})
         out: dict[str, Eviction] = {}
         noted: dict[str, str] = {}
+        mine: list[Event] = []  # this rule's events, kept apart until the all-lost check below
         for cluster in sorted(rule.clusters & health.keys()):
             h = health[cluster]
             eviction = held.get(cluster)
             note = said.get(cluster, "")
 
-            def event(kind: str, message: str, c: str = cluster, policy: str = rule.policy) -> None:
-                events.append(Event(now, policy, c, kind, message))
+            def event(kind: str, message: str, c: str = cluster, policy: str = rule.policy,
+                      to: list[Event] = mine) -> None:
+                to.append(Event(now, policy, c, kind, message))
 
             if eviction is None:
                 if h.up:
@@ -168,15 +170,15 @@ def step(rules: Iterable[Rule], health: Mapping[str, Health], state: State, now:
         if newly and rule.clusters & health.keys() <= out.keys():
             # every backend lost: translation would keep them all anyway (clients keep trying, outlier
             # detection decides), so nothing new is evicted and the status does not claim otherwise
+            mine = [e for e in mine if not (e.kind == "Evicted" and e.cluster in newly)]
             for cluster in newly:
                 del out[cluster]
                 if said.get(cluster) != "AllLost":
-                    events.append(Event(now, rule.policy, cluster, "NotEvicted",
-                                        f"{cluster} is lost, but so is every other cluster backing the destination; "
-                                        "nothing is evicted (clients keep every backend, outlier detection decides)"))
+                    mine.append(Event(now, rule.policy, cluster, "NotEvicted",
+                                      f"{cluster} is lost, but so is every other cluster backing the destination; "
+                                      "nothing is evicted (clients keep every backend, outlier detection decides)"))
                 noted[cluster] = "AllLost"
-            events[:] = [e for e in events if not (e.policy == rule.policy and e.kind == "Evicted"
-                                                   and e.cluster in newly)]
+        events.extend(mine)
         if out:
             evictions[rule.policy] = out
         if noted:

@@ -132,10 +132,9 @@ def regions(snapshot: Snapshot, region: str) -> tuple[tuple[str, ...], ...]:
     """The other regions as seen from `region`, nearest first in tiers (mgmt.regions), computed once per region."""
     memo: dict[str, tuple[tuple[str, ...], ...]] = snapshot.memo.setdefault("region-tiers", {})
     if region not in memo:
-        if "region-graph" not in snapshot.memo:
-            snapshot.memo["region-graph"] = region_graph({c.region for c in snapshot.clusters.values()},
-                                                         snapshot.region_costs)
         names = {c.region for c in snapshot.clusters.values()}
+        if "region-graph" not in snapshot.memo:
+            snapshot.memo["region-graph"] = region_graph(names, snapshot.region_costs)
         memo[region] = snapshot.memo["region-graph"].tiers(region, names)
     return memo[region]
 
